@@ -1,0 +1,103 @@
+"""BCE auth v1 signature verification (the scheme the qianfan SDK signs console requests with)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+PREFIX = "bce-auth-v1"
+CLOCK_SKEW_S = 300
+
+
+class AuthFailure(Exception):
+    """`status` 401 (missing/malformed/expired) or 403 (unknown key, bad signature)."""
+
+    def __init__(self, status: int, code: str, message: str, header_message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.header_message = header_message
+
+
+def _denied(message: str) -> AuthFailure:
+    return AuthFailure(401, "AccessDenied", message, f"AccessDenied, cause: {message}")
+
+
+def enc(value: str) -> str:
+    """Percent-encode every byte but A-Z a-z 0-9 - _ . ~ (uppercase hex)."""
+    return quote(value, safe="-_.~")
+
+
+def canonical_request(
+    method: str, path: str, query: Iterable[tuple[str, str]], headers: Mapping[str, str], signed: list[str]
+) -> str:
+    uri = quote(path, safe="/-_.~")
+    q = "&".join(sorted(f"{enc(k)}={enc(v)}" for k, v in query if k.lower() != "authorization"))
+    lines = []
+    for name in signed:
+        value = headers.get(name, "").strip()
+        if value:
+            lines.append(f"{enc(name.lower())}:{enc(value)}")
+    return "\n".join([method.upper(), uri, q, "\n".join(sorted(lines))])
+
+
+def sign(secret_key: str, auth_prefix: str, canonical: str) -> str:
+    signing_key = hmac.new(secret_key.encode(), auth_prefix.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(signing_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    headers: Mapping[str, str],
+    find_secret: Callable[[str], str | None],
+    now: datetime | None = None,
+) -> str:
+    """Check the request's Authorization header; returns the access key it was signed with.
+
+    `headers` must be keyed by lowercase name. Raises AuthFailure with the spec's status and codes.
+    """
+    auth = headers.get("authorization", "")
+    if not auth:
+        raise _denied("the Authorization header is missing")
+    parts = auth.strip().split("/")
+    if len(parts) != 6 or parts[0] != PREFIX:
+        raise _denied(
+            "the Authorization header is not bce-auth-v1/{ak}/{timestamp}/{expiration}/{headers}/{sig}"
+        )
+    _, ak, stamp, expiration, signed_list, signature = parts
+    try:
+        signed_at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        lifetime = int(expiration)
+    except ValueError:
+        raise _denied("the Authorization timestamp or expiration is malformed") from None
+    signed = [h.strip().lower() for h in signed_list.split(";") if h.strip()]
+    if "host" not in signed:
+        raise _denied("the host header must be signed")
+    secret = find_secret(ak)
+    if secret is None:
+        raise AuthFailure(
+            403, "AccessDenied", "unknown access key", "NotFound, cause: Could not find credential."
+        )
+    now = now or datetime.now(UTC)
+    age = (now - signed_at).total_seconds()
+    if age < -CLOCK_SKEW_S:
+        raise _denied("the request is signed in the future (clock skew)")
+    if age > lifetime:
+        raise _denied("the signature has expired")
+    expected = sign(
+        secret, f"{PREFIX}/{ak}/{stamp}/{expiration}", canonical_request(method, path, query, headers, signed)
+    )
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise AuthFailure(
+            403,
+            "SignatureDoesNotMatch",
+            "the signature does not match",
+            "SignatureDoesNotMatch, cause: Fail to authn user: Signature does not match",
+        )
+    return ak

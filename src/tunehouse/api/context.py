@@ -1,0 +1,23 @@
+"""What every request handler needs: settings, the database and the secret box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from tunehouse.config import Settings
+from tunehouse.core.secrets_box import SecretBox
+from tunehouse.store.db import Database
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    box: SecretBox
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx

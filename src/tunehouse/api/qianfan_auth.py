@@ -1,0 +1,27 @@
+"""Resolves the account behind a BCE-signed request (Qianfan V1 and V2)."""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from tunehouse.api import bce_auth
+from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.core.accounts import find_signing_secret
+
+
+def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int:
+    found: dict[str, int] = {}
+
+    def find_secret(ak: str) -> str | None:
+        with ctx.db.session() as s:
+            hit = find_signing_secret(s, ctx.box, ak)
+        if hit is None:
+            return None
+        found["account"] = hit[0].id
+        return hit[1]
+
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    bce_auth.verify(
+        request.method, request.url.path, request.query_params.multi_items(), headers, find_secret
+    )
+    return found["account"]

@@ -1,0 +1,380 @@
+"""Qianfan V2 fine-tuning: `POST /v2/finetuning?Action=…`, translated to and from the core."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from sqlalchemy.orm import Session
+
+from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.envelopes import qianfan_v2_error, request_id
+from tunehouse.api.qianfan_auth import qianfan_account
+from tunehouse.api.qianfan_names import (
+    HP_OUT,
+    SCALE_IN,
+    SCALE_OUT,
+    TRAIN_MODE_IN,
+    TRAIN_MODE_OUT,
+    V2_STATUS,
+    checkpoint_item,
+    enum_in,
+    field_name,
+    hyperparameters_in,
+    v2_time,
+)
+from tunehouse.core import catalog
+from tunehouse.core import files as file_svc
+from tunehouse.core import jobs as job_svc
+from tunehouse.core import runs as run_svc
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.ids import strip_prefix
+from tunehouse.core.pagination import Page, marker_page
+from tunehouse.core.registry import base_models
+from tunehouse.core.states import RunState
+from tunehouse.store.models import Job, Run
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+JOB, TASK, FILE = "job-", "task-", "file-"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class CreateJobBody(_Body):
+    name: StrictStr
+    description: StrictStr = ""
+    model: StrictStr
+    trainMode: StrictStr
+    parameterScale: StrictStr | None = None
+    hyperParameterConfig: dict[str, Any] | None = None
+
+
+class PageBody(_Body):
+    marker: StrictStr = ""
+    maxKeys: StrictInt = 10
+    pageReverse: StrictBool = False
+
+
+class ListJobsBody(PageBody):
+    trainMode: StrictStr | None = None
+    trainModel: StrictStr | None = None  # the SDK's name for trainMode
+    model: StrictStr | None = None
+
+
+class ListTasksBody(PageBody):
+    jobId: StrictStr
+
+
+class DatasetVersion(_Body):
+    versionId: StrictStr | None = None
+    samplingRate: float = Field(default=1.0, ge=0.01, le=10)
+
+
+class DatasetConfig(_Body):
+    sourceType: StrictStr
+    versions: list[DatasetVersion] = Field(min_length=1)
+    splitRatio: StrictInt = 0
+
+
+class CreateTaskBody(_Body):
+    jobId: StrictStr
+    parameterScale: StrictStr
+    hyperParameterConfig: dict[str, Any] = Field(default_factory=dict)
+    datasetConfig: DatasetConfig
+    incrementTaskId: StrictStr | None = None
+    incrementCheckpointStep: StrictInt | None = None
+    modelConfig: dict[str, Any] | None = None
+    resourceConfig: dict[str, Any] | None = None
+    corpusConfig: dict[str, Any] | None = None
+
+
+class TaskIdBody(_Body):
+    taskId: StrictStr
+
+
+class JobIdBody(_Body):
+    jobId: StrictStr
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
+
+def _page_info(page: Page[Any], prefix: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "marker": prefix + page.marker if page.marker else "",
+        "maxKeys": page.max_keys,
+        "isTruncated": page.is_truncated,
+    }
+    if page.is_truncated and page.next_marker:
+        info["nextMarker"] = prefix + page.next_marker
+    return info
+
+
+def render_job(job: Job) -> dict[str, Any]:
+    created = v2_time(job.created_at)
+    return {
+        "jobId": JOB + job.key,
+        "name": job.name,
+        "description": job.description,
+        "model": job.base_model or "",
+        "trainMode": TRAIN_MODE_OUT.get(job.train_mode or "", ""),
+        "createTime": created,
+        "createDate": created,
+    }
+
+
+def render_task(s: Session, run: Run) -> dict[str, Any]:
+    job = run_svc.job_of(s, run)
+    status = V2_STATUS[RunState(run.state)]
+    out: dict[str, Any] = {
+        "taskId": TASK + run.key,
+        "jobId": JOB + job.key,
+        "jobName": job.name,
+        "jobDescription": job.description,
+        "model": run.base_model,
+        "trainMode": TRAIN_MODE_OUT[run.train_mode],
+        "parameterScale": SCALE_OUT[run.parameter_scale],
+        "runStatus": status,
+        "vdlLink": "",
+        "createTime": v2_time(run.created_at),
+        "finishTime": v2_time(run.finished_at),
+        "hyperParameterConfig": {HP_OUT.get(k, k): v for k, v in run.hyperparameters.items()},
+    }
+    if status == "Running":
+        out["runProgress"] = f"{min(run.progress, 99)}%"
+    if status == "Done":
+        out["metrics"] = _metrics(run.metrics)
+        out["checkpointList"] = [
+            checkpoint_item(c.step, _with_perplexity(c.metrics)) for c in run_svc.checkpoints(s, run)
+        ]
+    if status == "Failed" and run.error:
+        out["errorMessage"] = run.error
+    return out
+
+
+def _with_perplexity(metrics: dict[str, Any]) -> dict[str, Any]:
+    loss = metrics.get("eval_loss")
+    return {**metrics, "perplexity": round(math.exp(min(loss, 50)), 4)} if loss is not None else metrics
+
+
+def _metrics(m: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if m.get("train_loss") is not None:
+        out["trainLoss"] = f"{m['train_loss']:.4f}"
+    if m.get("eval_loss") is not None:
+        out["evalLoss"] = f"{m['eval_loss']:.4f}"
+        out["perplexity"] = f"{math.exp(min(m['eval_loss'], 50)):.4f}"
+    if m.get("eval_token_accuracy") is not None:
+        out["evalTokenAccuracy"] = f"{100 * m['eval_token_accuracy']:.2f}%"
+    return out
+
+
+# ---- actions ---------------------------------------------------------------------------------------
+
+
+def _job(s: Session, account: int, job_id: str) -> Job:
+    key = strip_prefix(job_id, JOB)
+    if key is None:
+        raise NotFound("job", job_id)
+    return job_svc.get_job(s, account, key=key)
+
+
+def _run(s: Session, account: int, task_id: str) -> Run:
+    key = strip_prefix(task_id, TASK)
+    if key is None:
+        raise NotFound("task", task_id)
+    return run_svc.get_run(s, account, key=key)
+
+
+def create_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    b = CreateJobBody.model_validate(body)
+    mode = enum_in(TRAIN_MODE_IN, b.trainMode, "trainMode")
+    method = enum_in(SCALE_IN, b.parameterScale, "parameterScale") if b.parameterScale else None
+    job = job_svc.create_job(
+        s, account, b.name, b.description, b.model, mode, method, hyperparameters_in(b.hyperParameterConfig)
+    )
+    return {"jobId": JOB + job.key}
+
+
+def describe_jobs(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    b = ListJobsBody.model_validate(body)
+    mode_name = b.trainMode or b.trainModel
+    mode = enum_in(TRAIN_MODE_IN, mode_name, "trainMode") if mode_name else None
+    marker = (strip_prefix(b.marker, JOB) or b.marker) if b.marker else ""
+    page = marker_page(s, job_svc.jobs_query(account, mode, b.model), Job, marker, b.maxKeys, b.pageReverse)
+    return {"jobList": [render_job(j) for j in page.items], "pageInfo": _page_info(page, JOB)}
+
+
+def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    b = CreateTaskBody.model_validate(body)
+    job = _job(s, account, b.jobId)
+    method = enum_in(SCALE_IN, b.parameterScale, "parameterScale")
+    if b.incrementTaskId is not None:
+        _run(s, account, b.incrementTaskId)
+        raise InvalidParameter("incrementTaskId", "incremental training is not supported yet")
+    dc = b.datasetConfig
+    if dc.sourceType not in ("Platform", "Bos"):
+        raise InvalidParameter("datasetConfig.sourceType", "must be Platform or Bos")
+    if dc.sourceType == "Bos":
+        raise InvalidParameter(
+            "datasetConfig.sourceType",
+            "Bos is not reachable from this server; upload the file to /v1/files and use "
+            "sourceType Platform with its id",
+        )
+    datasets = []
+    for i, v in enumerate(dc.versions):
+        key = strip_prefix(v.versionId or "", FILE)
+        try:
+            if key is None:
+                raise NotFound("file", v.versionId or "")
+            f = file_svc.get_file(s, account, key=key)
+        except NotFound:
+            raise InvalidParameter(
+                f"datasetConfig.versions[{i}].versionId", f"unknown dataset version {v.versionId!r}"
+            ) from None
+        datasets.append(run_svc.DatasetChoice(f, v.samplingRate))
+    extra = {
+        k: v
+        for k, v in (
+            ("modelConfig", b.modelConfig),
+            ("resourceConfig", b.resourceConfig),
+            ("corpusConfig", b.corpusConfig),
+        )
+        if v is not None
+    }
+    run = run_svc.create_run(
+        s,
+        job,
+        method,
+        hyperparameters_in(b.hyperParameterConfig),
+        datasets,
+        split_ratio=dc.splitRatio,
+        extra=extra,
+    )
+    return {"jobId": JOB + job.key, "taskId": TASK + run.key}
+
+
+def describe_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    return render_task(s, _run(s, account, TaskIdBody.model_validate(body).taskId))
+
+
+def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    b = ListTasksBody.model_validate(body)
+    job = _job(s, account, b.jobId)
+    marker = (strip_prefix(b.marker, TASK) or b.marker) if b.marker else ""
+    page = marker_page(s, run_svc.runs_query(account, job.id), Run, marker, b.maxKeys, b.pageReverse)
+    return {"taskList": [render_task(s, r) for r in page.items], "pageInfo": _page_info(page, TASK)}
+
+
+def stop_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    return run_svc.request_stop(s, _run(s, account, TaskIdBody.model_validate(body).taskId))
+
+
+def delete_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    run_svc.delete_run(s, _run(s, account, TaskIdBody.model_validate(body).taskId))
+    return True
+
+
+def delete_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    job_svc.delete_job(s, _job(s, account, JobIdBody.model_validate(body).jobId))
+    return True
+
+
+def support_models(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    out = []
+    for m in base_models(s):
+        caps = catalog.capabilities(m.name)
+        modes = []
+        for mode, methods in caps.modes.items():
+            scales = [
+                {
+                    "parameterScale": SCALE_OUT[method],
+                    "supportHyperParameterConfig": [
+                        {
+                            "key": HP_OUT[p.key],
+                            "type": p.type,
+                            "checkType": p.check_type,
+                            "checkValue": list(p.check_value),
+                            "default": p.default,
+                        }
+                        for p in params
+                    ],
+                }
+                for method, params in methods.items()
+            ]
+            modes.append({"trainMode": TRAIN_MODE_OUT[mode], "supportParameterScale": scales})
+        out.append({"model": m.name, "modelType": caps.model_type, "supportTrainMode": modes})
+    return out
+
+
+Handler = Callable[[Session, AppContext, int, dict[str, Any]], Any]
+ACTIONS: dict[str, Handler] = {
+    "CreateFineTuningJob": create_job,
+    "DescribeFineTuningJobs": describe_jobs,
+    "CreateFineTuningTask": create_task,
+    "DescribeFineTuningTask": describe_task,
+    "DescribeFineTuningTasks": describe_tasks,
+    "StopFineTuningTask": stop_task,
+    "DeleteFineTuningTask": delete_task,
+    "DeleteFineTuningJob": delete_job,
+    "DescribeFineTuningSupportModels": support_models,
+}
+
+
+def _invalid(rid: str, field: str, message: str) -> JSONResponse:
+    return qianfan_v2_error(400, "InvalidParameter", f"param[{field}] invalid: {message}", req_id=rid)
+
+
+def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any], rid: str) -> JSONResponse:
+    try:
+        with ctx.db.session() as s:
+            result = handler(s, ctx, account, body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return _invalid(rid, loc, err["msg"])
+    except InvalidParameter as e:
+        return _invalid(rid, field_name(e.field), e.message)
+    except NotFound as e:
+        return qianfan_v2_error(404, "ResourceNotFound", e.message, req_id=rid)
+    except Conflict as e:
+        return qianfan_v2_error(409, "InvalidState", e.message, req_id=rid)
+    except Exception:
+        log.exception("Qianfan V2 action failed")
+        return qianfan_v2_error(500, "InternalError", "internal error", req_id=rid)
+    return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
+
+
+@router.post("/v2/finetuning")
+async def v2_finetuning(
+    request: Request, ctx: AppContext = Depends(get_ctx), account: int = Depends(qianfan_account)
+) -> JSONResponse:
+    rid = request_id()
+    action = request.query_params.get("Action", "")
+    handler = ACTIONS.get(action)
+    if handler is None:
+        return qianfan_v2_error(400, "InvalidAction", f"unknown Action {action!r}", req_id=rid)
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return qianfan_v2_error(400, "MalformedJSON", "the body must be a JSON object", req_id=rid)
+    return await run_in_threadpool(_call, ctx, handler, account, body, rid)
+
+
+@router.api_route("/v2/finetuning", methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+async def v2_wrong_method(request: Request) -> JSONResponse:
+    return qianfan_v2_error(405, "MethodNotAllowed", f"{request.method} is not allowed; use POST")

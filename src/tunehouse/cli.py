@@ -1,0 +1,123 @@
+"""The `tunehouse` command: serve, keys, models."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunehouse.api.app import create_app, open_context
+from tunehouse.config import load_settings
+from tunehouse.core import accounts
+from tunehouse.core.errors import DomainError
+from tunehouse.core.registry import add_base_model, all_models
+
+app = typer.Typer(
+    help="Tunehouse: self-hosted LLM fine-tuning with cloud-compatible APIs.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="API credentials.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Run the API server, the scheduler and the local executor in one process."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    ctx = open_context(settings)
+    with ctx.db.session() as s:
+        empty = accounts.count_accounts(s) == 0
+    ctx.db.dispose()
+    err_console.print(f"Tunehouse home: {settings.home}")
+    err_console.print(f"Database: {ctx.db.engine.url.render_as_string(hide_password=True)}")
+    if empty:
+        err_console.print(
+            "No accounts yet. Create credentials with:\n"
+            "  tunehouse keys create --account NAME --json\n"
+            f"then point the qianfan SDK at it: QIANFAN_CONSOLE_API_BASE_URL=http://{host}:{port} "
+            "QIANFAN_ACCESS_KEY=… QIANFAN_SECRET_KEY=…"
+        )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@keys_app.command("create")
+def keys_create(
+    account: Annotated[str, typer.Option(help="Account (tenant) name; created if new.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Issue an AK/SK pair and an API key for ACCOUNT."""
+    ctx = open_context(load_settings())
+    try:
+        with ctx.db.session() as s:
+            issued = accounts.issue_keys(s, ctx.box, accounts.get_or_create_account(s, account))
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+    payload = {
+        "account": issued.account,
+        "access_key": issued.access_key,
+        "secret_key": issued.secret_key,
+        "api_key": issued.api_key,
+    }
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    table = Table("field", "value", title="New credentials (the secrets are shown once)")
+    for k, v in payload.items():
+        table.add_row(k, v)
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List base models and fine-tuned outputs."""
+    ctx = open_context(load_settings())
+    with ctx.db.session() as s:
+        rows = [
+            {"name": m.name, "kind": m.kind, "path": m.path, "base_model": m.base_model, "account": acc}
+            for m, acc in all_models(s)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("name", "kind", "path", "base model", "account")
+    for r in rows:
+        table.add_row(
+            str(r["name"]),
+            str(r["kind"]),
+            str(r["path"]),
+            str(r["base_model"] or ""),
+            str(r["account"] or ""),
+        )
+    console.print(table)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="Name clients will use, e.g. Qwen2.5-0.5B-Instruct.")],
+    path: Annotated[Path, typer.Argument(help="Local Hugging Face model directory.")],
+) -> None:
+    """Register a local Hugging Face model directory as a base model."""
+    ctx = open_context(load_settings())
+    try:
+        with ctx.db.session() as s:
+            row = add_base_model(s, name, path)
+            console.print(f"registered {row.name} → {row.path}")
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,103 @@
+"""Accounts (tenants) and their credentials: AK/SK pairs for BCE signing, bearer API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunehouse.core.clock import utcnow
+from tunehouse.core.errors import InvalidParameter, NotFound
+from tunehouse.core.secrets_box import SecretBox
+from tunehouse.store.models import Account, Credential
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+API_KEY_PREFIX = "th-"
+
+
+@dataclass(frozen=True)
+class IssuedKeys:
+    account: str
+    access_key: str
+    secret_key: str
+    api_key: str
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def get_or_create_account(s: Session, name: str) -> Account:
+    if not _NAME.match(name):
+        raise InvalidParameter("account", "account names are 1-64 letters, digits, '_', '.', '-'")
+    acc = s.scalar(select(Account).where(Account.name == name))
+    if acc is None:
+        acc = Account(name=name, created_at=utcnow())
+        s.add(acc)
+        s.flush()
+    return acc
+
+
+def issue_keys(s: Session, box: SecretBox, account: Account, label: str = "") -> IssuedKeys:
+    access_key = secrets.token_hex(16)
+    secret_key = secrets.token_hex(16)
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    s.add(
+        Credential(
+            account_id=account.id,
+            kind="aksk",
+            lookup=access_key,
+            secret_enc=box.seal(secret_key),
+            label=label,
+            created_at=now,
+        )
+    )
+    s.add(
+        Credential(
+            account_id=account.id,
+            kind="api_key",
+            lookup=hash_api_key(api_key),
+            label=label or api_key[:10],
+            created_at=now,
+        )
+    )
+    s.flush()
+    return IssuedKeys(account.name, access_key, secret_key, api_key)
+
+
+def find_signing_secret(s: Session, box: SecretBox, access_key: str) -> tuple[Account, str] | None:
+    cred = s.scalar(
+        select(Credential).where(
+            Credential.kind == "aksk", Credential.lookup == access_key, Credential.revoked_at.is_(None)
+        )
+    )
+    if cred is None:
+        return None
+    return s.get_one(Account, cred.account_id), box.open(cred.secret_enc or "")
+
+
+def find_api_key_account(s: Session, api_key: str) -> Account | None:
+    cred = s.scalar(
+        select(Credential).where(
+            Credential.kind == "api_key",
+            Credential.lookup == hash_api_key(api_key),
+            Credential.revoked_at.is_(None),
+        )
+    )
+    return None if cred is None else s.get_one(Account, cred.account_id)
+
+
+def count_accounts(s: Session) -> int:
+    return len(s.scalars(select(Account.id)).all())
+
+
+def get_account(s: Session, account_id: int) -> Account:
+    acc = s.get(Account, account_id)
+    if acc is None:
+        raise NotFound("account", account_id)
+    return acc

@@ -1,0 +1,109 @@
+"""What each base model can be trained with: train modes, methods and hyperparameter rules.
+
+Keys are canonical (snake_case, as the trainer takes them); dialects rename them on the way in and out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunehouse.core.errors import InvalidParameter
+
+TRAIN_MODES = ("sft", "pretrain")
+METHODS = ("full", "lora")
+TINY_MODEL = "tunehouse-tiny"
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    key: str
+    type: str  # "int" | "float"
+    check_type: str  # "range" | "choice"
+    check_value: tuple[float, ...]
+    default: float
+    lora_only: bool = False
+
+    def check(self, value: Any) -> float:
+        """The value coerced to this parameter's type; InvalidParameter when it breaks the rule."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidParameter(self.key, f"must be a number ({self.type})")
+        if self.type == "int":
+            if float(value) != int(value):
+                raise InvalidParameter(self.key, "must be an integer")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.check_type == "range":
+            low, high = self.check_value
+            if not low <= value <= high:
+                raise InvalidParameter(self.key, f"must be within [{_fmt(low)}, {_fmt(high)}]")
+        elif value not in self.check_value:
+            choices = ", ".join(_fmt(v) for v in self.check_value)
+            raise InvalidParameter(self.key, f"must be one of {choices}")
+        return value
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{v:g}"
+
+
+def _table(tiny: bool) -> list[HyperParam]:
+    # The tiny model learns in seconds on a CPU only with large steps; real models want the usual ranges.
+    lr = (
+        HyperParam("learning_rate", "float", "range", (1e-6, 1e-2), 1e-3)
+        if tiny
+        else HyperParam("learning_rate", "float", "range", (1e-6, 1e-3), 3e-5)
+    )
+    seq = (128, 256, 512, 1024) if tiny else (512, 1024, 2048, 4096, 8192)
+    return [
+        HyperParam("epochs", "int", "range", (1, 50), 3 if tiny else 1),
+        lr,
+        HyperParam("batch_size", "int", "range", (1, 64), 4),
+        HyperParam("max_seq_len", "int", "choice", seq, 512 if tiny else 4096),
+        HyperParam("weight_decay", "float", "range", (0.0, 0.1), 0.01),
+        HyperParam("warmup_ratio", "float", "range", (0.0, 0.5), 0.0),
+        HyperParam("seed", "int", "range", (0, 2**31 - 1), 42),
+        HyperParam("save_steps", "int", "range", (0, 1_000_000), 0),
+        HyperParam("logging_steps", "int", "range", (1, 10_000), 1),
+        HyperParam("eval_steps", "int", "range", (0, 1_000_000), 0),
+        HyperParam("lora_rank", "int", "choice", (4, 8, 16, 32, 64), 8, lora_only=True),
+        HyperParam("lora_alpha", "int", "range", (1, 512), 16, lora_only=True),
+        HyperParam("lora_dropout", "float", "range", (0.0, 0.5), 0.05, lora_only=True),
+    ]
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    model: str
+    model_type: str
+    # train mode → method → the hyperparameters that method takes
+    modes: dict[str, dict[str, list[HyperParam]]]
+
+    def params_for(self, train_mode: str, method: str) -> list[HyperParam]:
+        if train_mode not in self.modes:
+            supported = ", ".join(self.modes)
+            raise InvalidParameter("train_mode", f"model {self.model} supports train modes: {supported}")
+        if method not in self.modes[train_mode]:
+            supported = ", ".join(self.modes[train_mode])
+            raise InvalidParameter("method", f"{train_mode} on {self.model} supports: {supported}")
+        return self.modes[train_mode][method]
+
+    def resolve(self, train_mode: str, method: str, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in and every known key checked; unknown keys are left to the caller to keep."""
+        params = self.params_for(train_mode, method)
+        out: dict[str, Any] = {}
+        for p in params:
+            raw = given.get(p.key)
+            out[p.key] = p.default if raw is None else p.check(raw)
+        for p in params:
+            if p.type == "int":
+                out[p.key] = int(out[p.key])
+        return out
+
+
+def capabilities(model: str) -> ModelCapabilities:
+    table = _table(tiny=model == TINY_MODEL)
+    full = [p for p in table if not p.lora_only]
+    by_method = {"full": full, "lora": table}
+    return ModelCapabilities(model=model, model_type="text2text", modes={m: by_method for m in TRAIN_MODES})

@@ -1,0 +1,83 @@
+"""A run's event record, and how trainer events change the run (progress, metrics, checkpoints)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tunehouse.core.clock import utcnow
+from tunehouse.store.models import Checkpoint, Event, Run
+
+# Latest value of each metric is kept on the run for cheap detail reads.
+_METRIC_KEYS = ("train_loss", "eval_loss", "eval_token_accuracy", "learning_rate", "grad_norm")
+_PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch")
+
+
+def record_event(
+    s: Session, run: Run, type_: str, payload: dict[str, Any], time: datetime | None = None
+) -> Event:
+    seq = (s.scalar(select(func.max(Event.seq)).where(Event.run_id == run.id)) or 0) + 1
+    ev = Event(run_id=run.id, seq=seq, time=time or utcnow(), type=type_, payload=payload)
+    s.add(ev)
+    s.flush()
+    return ev
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return utcnow()
+
+
+def apply_trainer_events(s: Session, run: Run, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store trainer events not seen before (idempotent by trainer seq) and fold them into the run.
+
+    Returns the newly applied events; status changes are left to the caller (the scheduler decides them).
+    """
+    fresh = [e for e in events if int(e.get("seq", 0)) > run.last_event_seq]
+    for e in fresh:
+        payload = e.get("payload") or {}
+        type_ = str(e.get("type", "log"))
+        record_event(s, run, type_, payload, _parse_time(e.get("time")))
+        run.last_event_seq = int(e["seq"])
+        if type_ == "progress":
+            run.step = int(payload.get("step", run.step))
+            run.total_steps = int(payload.get("total_steps", run.total_steps))
+            run.progress = max(0, min(100, int(payload.get("percent", run.progress))))
+            run.metrics = {**run.metrics, **{k: payload[k] for k in _PROGRESS_KEYS if k in payload}}
+        elif type_ == "metrics":
+            run.metrics = {**run.metrics, **{k: payload[k] for k in _METRIC_KEYS if k in payload}}
+        elif type_ == "checkpoint":
+            step = int(payload.get("step", 0))
+            exists = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step))
+            if exists is None:
+                s.add(
+                    Checkpoint(
+                        run_id=run.id,
+                        step=step,
+                        path=str(payload.get("path", "")),
+                        metrics=dict(payload.get("metrics") or {}),
+                        created_at=utcnow(),
+                    )
+                )
+        elif type_ == "error":
+            run.error = str(payload.get("reason", "the trainer failed"))
+    s.flush()
+    return fresh
+
+
+def events_after(s: Session, run: Run, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+    return list(
+        s.scalars(
+            select(Event)
+            .where(Event.run_id == run.id, Event.seq > after_seq)
+            .order_by(Event.seq)
+            .limit(limit)
+        )
+    )

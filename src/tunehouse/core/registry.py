@@ -1,0 +1,94 @@
+"""The model registry: base models (name → local Hugging Face directory) and fine-tuned outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tunehouse.core.catalog import TINY_MODEL
+from tunehouse.core.clock import utcnow
+from tunehouse.core.errors import InvalidParameter
+from tunehouse.store.models import Account, Model
+
+
+def register_builtin(s: Session, models_dir: Path) -> Model:
+    """tunehouse-tiny is always registered; its files are built on first use (trainer.tiny)."""
+    row = s.scalar(select(Model).where(Model.account_id.is_(None), Model.name == TINY_MODEL))
+    if row is None:
+        row = Model(
+            account_id=None,
+            name=TINY_MODEL,
+            path=str(models_dir / TINY_MODEL),
+            kind="base",
+            created_at=utcnow(),
+        )
+        s.add(row)
+        s.flush()
+    return row
+
+
+def add_base_model(s: Session, name: str, path: Path) -> Model:
+    path = path.expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise InvalidParameter("path", f"{path} is not a Hugging Face model directory (no config.json)")
+    if name == TINY_MODEL:
+        raise InvalidParameter("name", f"{TINY_MODEL} is built in")
+    row = s.scalar(select(Model).where(Model.account_id.is_(None), Model.name == name))
+    if row is None:
+        row = Model(account_id=None, name=name, path=str(path), kind="base", created_at=utcnow())
+        s.add(row)
+    else:
+        row.path = str(path)
+    s.flush()
+    return row
+
+
+def visible_models(s: Session, account_id: int | None) -> list[Model]:
+    """Base models plus the account's own fine-tuned ones, base models first."""
+    cond = (
+        Model.account_id.is_(None)
+        if account_id is None
+        else or_(Model.account_id.is_(None), Model.account_id == account_id)
+    )
+    return list(s.scalars(select(Model).where(cond).order_by(Model.account_id.is_not(None), Model.id)))
+
+
+def base_models(s: Session) -> list[Model]:
+    return list(s.scalars(select(Model).where(Model.kind == "base").order_by(Model.id)))
+
+
+def resolve_base(s: Session, name: str, field: str = "model") -> Model:
+    row = s.scalar(select(Model).where(Model.account_id.is_(None), Model.name == name))
+    if row is None:
+        names = ", ".join(m.name for m in base_models(s))
+        raise InvalidParameter(field, f"unknown model {name!r}; available: {names}")
+    return row
+
+
+def register_output(
+    s: Session, account_id: int, name: str, path: str, kind: str, base_model: str, run_id: int
+) -> Model:
+    row = Model(
+        account_id=account_id,
+        name=name,
+        path=path,
+        kind=kind,
+        base_model=base_model,
+        source_run_id=run_id,
+        created_at=utcnow(),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def all_models(s: Session) -> list[tuple[Model, str | None]]:
+    """Every model with its owning account's name (None for base models): the operator's view."""
+    rows = s.execute(
+        select(Model, Account.name)
+        .outerjoin(Account, Model.account_id == Account.id)
+        .order_by(Model.account_id.is_not(None), Model.id)
+    )
+    return [(m, name) for m, name in rows]

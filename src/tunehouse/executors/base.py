@@ -1,0 +1,32 @@
+"""The interface every executor offers the scheduler: start, poll, stop, kill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a trainer process ended; `code` is None when it was not our child (reattached after a restart)."""
+
+    code: int | None
+
+
+class Executor(Protocol):
+    name: str
+
+    def start(self, run_key: str, spec_path: Path, run_dir: Path) -> dict[str, Any]:
+        """Launch the trainer; the returned handle is stored with the run and survives restarts."""
+        ...
+
+    def poll(self, handle: dict[str, Any]) -> Exit | None:
+        """None while the trainer is alive."""
+        ...
+
+    def stop(self, handle: dict[str, Any]) -> None:
+        """Ask the trainer to checkpoint and exit (SIGTERM semantics)."""
+        ...
+
+    def kill(self, handle: dict[str, Any]) -> None: ...

@@ -1,0 +1,309 @@
+"""The database is the queue: claim queued runs under a lease, launch them, follow them to the end.
+
+One tick: reconcile adopted runs, ingest trainer events, deliver stops, settle exits, claim new work.
+Every step is idempotent, so a tick may be repeated after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from tunehouse.config import Settings
+from tunehouse.core import runs as run_svc
+from tunehouse.core.catalog import TINY_MODEL
+from tunehouse.core.clock import utcnow
+from tunehouse.core.events import apply_trainer_events, record_event
+from tunehouse.core.registry import register_output, resolve_base
+from tunehouse.core.states import ACTIVE, RunState
+from tunehouse.executors.base import Executor, Exit
+from tunehouse.store.db import Database
+from tunehouse.store.models import Checkpoint, File, Run
+from tunehouse.trainer.events import read_events
+from tunehouse.trainer.spec import EXIT_STOPPED
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=30)
+STOP_GRACE_S = 30.0
+MAX_ATTEMPTS = 3
+
+
+def node_id() -> str:
+    return os.environ.get("TUNEHOUSE_NODE_ID") or socket.gethostname()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        executor: Executor,
+        owner: str | None = None,
+        interval: float = 0.3,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.executor = executor
+        self.owner = owner or node_id()
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tunehouse-scheduler", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not end scheduling for every run
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        self._adopt()
+        for run_id in self._my_active_runs():
+            self._follow(run_id)
+        self._claim_and_launch()
+
+    # ---- ownership -------------------------------------------------------------------------------
+    def _adopt(self) -> None:
+        """Take over active runs whose lease lapsed (their node died) and renew our own leases."""
+        now = utcnow()
+        with self.db.session() as s:
+            s.execute(
+                update(Run)
+                .where(
+                    Run.state.in_([st.value for st in ACTIVE]),
+                    or_(Run.lease_owner == self.owner, Run.lease_owner.is_(None), Run.lease_expires_at < now),
+                )
+                .values(lease_owner=self.owner, lease_expires_at=now + LEASE)
+            )
+
+    def _my_active_runs(self) -> list[int]:
+        with self.db.session() as s:
+            return list(
+                s.scalars(
+                    select(Run.id)
+                    .where(Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner)
+                    .order_by(Run.id)
+                )
+            )
+
+    # ---- following a launched run ----------------------------------------------------------------
+    def _follow(self, run_id: int) -> None:
+        with self.db.session() as s:
+            run = s.get_one(Run, run_id, with_for_update=self.db.is_postgres)
+            if run.state not in ACTIVE or run.lease_owner != self.owner:
+                return
+            if not run.handle.get("pid"):
+                # Claimed but never launched (we crashed in between): launch is owed.
+                exit_: Exit | None = Exit(None)
+            else:
+                self._ingest(s, run)
+                self._deliver_stop(run)
+                exit_ = self.executor.poll(run.handle)
+            if exit_ is None:
+                return
+            if run.handle.get("pid"):
+                self._ingest(s, run)  # events written just before the exit
+            self._settle(s, run, exit_)
+
+    def _ingest(self, s: Any, run: Run) -> None:
+        if not run.run_dir:
+            return
+        fresh = apply_trainer_events(
+            s, run, read_events(Path(run.run_dir) / "events.jsonl", after_seq=run.last_event_seq)
+        )
+        for e in fresh:
+            payload = e.get("payload") or {}
+            if e.get("type") == "status":
+                run.handle = {**run.handle, "trainer_state": payload.get("state")}
+            elif e.get("type") == "model":
+                run.handle = {**run.handle, "model": payload}
+
+    def _deliver_stop(self, run: Run) -> None:
+        if not run.stop_requested:
+            return
+        sent = run.handle.get("stop_sent_at")
+        if sent is None:
+            self.executor.stop(run.handle)
+            run.handle = {**run.handle, "stop_sent_at": time.time()}
+        elif time.time() - float(sent) > STOP_GRACE_S:
+            self.executor.kill(run.handle)
+
+    def _settle(self, s: Any, run: Run, exit_: Exit) -> None:
+        """The trainer is gone: decide the run's end from what it last said, or recover it."""
+        said = run.handle.get("trainer_state")
+        if said == "succeeded" and run.handle.get("model"):
+            self._register_output(s, run)
+            run_svc.move(s, run, RunState.SUCCEEDED)
+        elif said == "stopped" or (run.stop_requested and exit_.code is not None):
+            run_svc.move(s, run, RunState.STOPPED)
+        elif said == "failed":
+            run_svc.move(s, run, RunState.FAILED, error=run.error or "the trainer reported a failure")
+        elif exit_.code is not None:
+            if exit_.code == EXIT_STOPPED:
+                run_svc.move(s, run, RunState.STOPPED)
+            else:
+                run_svc.move(s, run, RunState.FAILED, error=self._crash_reason(run, exit_.code))
+        else:
+            self._recover(s, run)
+        if run.state != RunState.QUEUED:
+            run.lease_owner = None
+            run.lease_expires_at = None
+
+    def _recover(self, s: Any, run: Run) -> None:
+        """The process vanished while nobody watched it: resume from its last checkpoint if we may."""
+        if run.stop_requested:
+            run_svc.move(s, run, RunState.STOPPED)
+            return
+        last = s.scalar(
+            select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step.desc()).limit(1)
+        )
+        if run.attempts >= MAX_ATTEMPTS:
+            run_svc.move(
+                s, run, RunState.FAILED, error=f"the trainer process was lost {run.attempts} times; giving up"
+            )
+            return
+        run.resume_from = last.path if last is not None else None
+        run.handle = {}
+        run_svc.move(s, run, RunState.QUEUED)
+        resumed = f"from checkpoint step {last.step}" if last is not None else "from the start"
+        record_event(s, run, "log", {"message": f"trainer process lost; requeued to resume {resumed}"})
+
+    def _crash_reason(self, run: Run, code: int) -> str:
+        tail = ""
+        if run.run_dir:
+            err = Path(run.run_dir) / "trainer.stderr.log"
+            if err.exists():
+                lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
+                tail = lines[-1] if lines else ""
+        reason = f"the trainer exited with code {code}"
+        return f"{reason}: {tail}" if tail else reason
+
+    def _register_output(self, s: Any, run: Run) -> None:
+        info = run.handle["model"]
+        model = register_output(
+            s,
+            run.account_id,
+            f"{run.base_model}-ft-{run.key}",
+            str(info["path"]),
+            str(info.get("kind", "full")),
+            run.base_model,
+            run.id,
+        )
+        run.output_model_id = model.id
+
+    # ---- claiming and launching ------------------------------------------------------------------
+    def _claim_and_launch(self) -> None:
+        with self.db.session() as s:
+            busy = len(self._my_active_runs_in(s))
+            free = self.settings.max_running - busy
+            if free <= 0:
+                return
+            q = (
+                select(Run.id)
+                .where(Run.state == RunState.QUEUED, Run.deleted_at.is_(None))
+                .order_by(Run.id)
+                .limit(free)
+            )
+            if self.db.is_postgres:
+                q = q.with_for_update(skip_locked=True)
+            candidates = list(s.scalars(q))
+            claimed: list[int] = []
+            now = utcnow()
+            for rid in candidates:
+                # The conditional update is the claim: only one replica's can match the queued row.
+                res = s.execute(
+                    update(Run)
+                    .where(Run.id == rid, Run.state == RunState.QUEUED)
+                    .values(lease_owner=self.owner, lease_expires_at=now + LEASE, handle={})
+                )
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(rid)
+            for rid in claimed:
+                run = s.get_one(Run, rid)
+                s.refresh(run)
+                run.attempts += 1
+                run_svc.move(s, run, RunState.RUNNING)
+        for rid in claimed:
+            self._launch(rid)
+
+    def _my_active_runs_in(self, s: Any) -> list[int]:
+        return list(
+            s.scalars(
+                select(Run.id).where(
+                    Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner
+                )
+            )
+        )
+
+    def _launch(self, run_id: int) -> None:
+        try:
+            with self.db.session() as s:
+                run = s.get_one(Run, run_id)
+                spec, run_dir = self._spec(s, run)
+            spec_path = _write_spec(run_dir, spec)
+            handle = self.executor.start(run.key, spec_path, run_dir)
+        except Exception as exc:  # a run that cannot start fails with the reason, not silently
+            log.exception("launch of run %s failed", run_id)
+            with self.db.session() as s:
+                run = s.get_one(Run, run_id)
+                if run.state in ACTIVE:
+                    run_svc.move(s, run, RunState.FAILED, error=f"could not start the trainer: {exc}")
+                    run.lease_owner = None
+            return
+        with self.db.session() as s:
+            run = s.get_one(Run, run_id)
+            run.handle = handle
+            run.executor = self.executor.name
+            run.run_dir = str(run_dir)
+
+    def _spec(self, s: Any, run: Run) -> tuple[dict[str, Any], Path]:
+        base = resolve_base(s, run.base_model)
+        if base.name == TINY_MODEL:
+            from tunehouse.trainer.tiny import ensure_tiny_model
+
+            ensure_tiny_model(self.settings.home)
+        files = [s.get_one(File, fid) for fid in run.dataset.get("files", [])]
+        run_dir = self.settings.runs_dir / run.key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        hp = {**run.hyperparameters, "split_ratio": int(run.dataset.get("split_ratio", 0))}
+        spec = {
+            "run_id": run.key,
+            "model_path": base.path,
+            "method": run.parameter_scale,
+            "train_mode": run.train_mode,
+            "train_files": [f.path for f in files],
+            "validation_files": [],
+            "output_dir": str(run_dir),
+            "resume_from": run.resume_from,
+            "hyperparameters": hp,
+        }
+        return spec, run_dir
+
+
+def _write_spec(run_dir: Path, spec: dict[str, Any]) -> Path:
+    path = run_dir / "spec.json"
+    tmp = run_dir / "spec.json.part"
+    tmp.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp, path)
+    return path
