@@ -1,0 +1,144 @@
+"""Append-only JSON-lines event log shared by the trainer (writer) and the server (reader)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+EventType = Literal["status", "log", "progress", "metrics", "checkpoint", "model", "error"]
+RunState = Literal["loading", "running", "succeeded", "stopped", "failed"]
+ErrorKind = Literal["data", "runtime", "nan"]
+
+
+def _now() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def tail_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Parse complete lines from byte ``offset`` on; return them and the offset to resume from.
+
+    A last line without its newline is still being written, so it is left for the next call.
+    """
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events: list[dict[str, Any]] = []
+    for raw in data[:end].splitlines():
+        event = _parse(raw)
+        if event is not None:
+            events.append(event)
+    return events, offset + end
+
+
+def read_events(path: Path, after_seq: int = 0) -> list[dict[str, Any]]:
+    """All events with ``seq > after_seq``; a torn or corrupt line is skipped, not fatal."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    events = []
+    for raw in data.splitlines():
+        event = _parse(raw)
+        if event is not None and event["seq"] > after_seq:
+            events.append(event)
+    return events
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
+        return None
+    return event
+
+
+class EventWriter:
+    """Writes each event to the log file and stdout, flushed per line.
+
+    Reopening an existing log (resume into the same output_dir) continues after its last seq.
+    ``path=None`` writes to the stream only, for failures that happen before output_dir is known.
+    """
+
+    def __init__(self, path: Path | None, stream: TextIO | None = sys.stdout) -> None:
+        self.path = path
+        self.stream = stream
+        self.seq = 0
+        self._fh: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            existing = read_events(path)
+            self.seq = max((e["seq"] for e in existing), default=0)
+            needs_newline = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
+            self._fh = open(path, "a", encoding="utf-8")
+            if needs_newline:
+                # A crash mid-line must not glue the torn text onto our first event.
+                self._fh.write("\n")
+
+    def emit(self, type_: EventType, payload: dict[str, Any]) -> dict[str, Any]:
+        self.seq += 1
+        event = {"seq": self.seq, "time": _now(), "type": type_, "payload": payload}
+        try:
+            line = json.dumps(event, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            # NaN/Infinity are not JSON; readers in other languages would choke on them.
+            event["payload"] = _finite(payload)
+            line = json.dumps(event, ensure_ascii=False, allow_nan=False)
+        if self._fh is not None:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+        if self.stream is not None:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # The file is the record; a vanished stdout reader must not kill training.
+                self.stream = None
+        return event
+
+    def status(self, state: RunState) -> dict[str, Any]:
+        return self.emit("status", {"state": state})
+
+    def log(self, message: str) -> dict[str, Any]:
+        return self.emit("log", {"message": message})
+
+    def error(self, reason: str, kind: ErrorKind) -> dict[str, Any]:
+        return self.emit("error", {"reason": reason, "kind": kind})
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"

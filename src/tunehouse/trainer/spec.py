@@ -1,0 +1,69 @@
+"""The run spec the server writes and the exit codes it reads back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_DATA_INVALID = 2
+EXIT_STOPPED = 3
+
+Method = Literal["lora", "full"]
+TrainMode = Literal["sft", "pretrain"]
+
+
+class Hyperparameters(BaseModel):
+    # Provider APIs pass assorted extra knobs through; ignoring them keeps old specs loadable.
+    model_config = ConfigDict(extra="ignore")
+
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-5, gt=0)
+    batch_size: int = Field(4, ge=1)
+    max_seq_len: int = Field(512, ge=8)
+    split_ratio: float = Field(0, ge=0, le=20)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    seed: int = 42
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    save_steps: int = Field(0, ge=0)
+    logging_steps: int = Field(1, ge=0)
+    eval_steps: int = Field(0, ge=0)
+    step_delay: float = Field(0.0, ge=0)
+    # Not part of the server contract; clipping keeps tiny-lr runs sane and 0 turns it off.
+    max_grad_norm: float = Field(1.0, ge=0)
+
+
+class RunSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    model_path: Path
+    method: Method = "lora"
+    train_mode: TrainMode = "sft"
+    train_files: list[Path] = Field(min_length=1)
+    validation_files: list[Path] = Field(default_factory=list)
+    output_dir: Path
+    resume_from: Path | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    @property
+    def events_path(self) -> Path:
+        return self.output_dir / "events.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.output_dir / "model"
+
+
+def load_spec(path: Path) -> RunSpec:
+    return RunSpec.model_validate_json(Path(path).read_text(encoding="utf-8"))
