@@ -185,16 +185,22 @@ def _metrics(m: dict[str, Any]) -> dict[str, str]:
 
 def _job(s: Session, account: int, job_id: str) -> Job:
     key = strip_prefix(job_id, JOB)
-    if key is None:
-        raise NotFound("job", job_id)
-    return job_svc.get_job(s, account, key=key)
+    try:
+        if key is None:
+            raise NotFound("job", job_id)
+        return job_svc.get_job(s, account, key=key)
+    except NotFound:
+        raise NotFound("job", job_id) from None
 
 
 def _run(s: Session, account: int, task_id: str) -> Run:
     key = strip_prefix(task_id, TASK)
-    if key is None:
-        raise NotFound("task", task_id)
-    return run_svc.get_run(s, account, key=key)
+    try:
+        if key is None:
+            raise NotFound("task", task_id)
+        return run_svc.get_run(s, account, key=key)
+    except NotFound:
+        raise NotFound("task", task_id) from None
 
 
 def create_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:

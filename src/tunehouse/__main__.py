@@ -1,0 +1,3 @@
+from tunehouse.cli import app
+
+app(prog_name="tunehouse")
