@@ -111,7 +111,9 @@ def _check_text(value: Any, where: str, line: int, allow_empty: bool = False) ->
 
 def _parse_chat(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
     if not isinstance(obj, dict) or "messages" not in obj:
-        return None, [DataIssue(line, "messages", f"missing; the file is chat format but this line {_describe(obj)}")]
+        return None, [
+            DataIssue(line, "messages", f"missing; the file is chat format but this line {_describe(obj)}")
+        ]
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         return None, [DataIssue(line, "messages", "must be a non-empty list of {role, content} objects")]
@@ -141,7 +143,9 @@ def _parse_chat(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
             if i != 0:
                 issues.append(DataIssue(line, f"{where}.role", "system is only allowed as the first message"))
         elif role != expected:
-            issues.append(DataIssue(line, f"{where}.role", f"expected {expected} here (turns must alternate)"))
+            issues.append(
+                DataIssue(line, f"{where}.role", f"expected {expected} here (turns must alternate)")
+            )
         else:
             expected = "assistant" if role == "user" else "user"
         if isinstance(msg.get("content"), str):
@@ -158,7 +162,9 @@ def _first_candidate(value: Any, where: str, line: int) -> tuple[str | None, lis
     # Qianfan stores responses as [[candidate, ...]]; plain strings are accepted too.
     if isinstance(value, list):
         if not value or not isinstance(value[0], list) or not value[0]:
-            return None, [DataIssue(line, where, 'must be a string or a list of lists of strings like [["answer"]]')]
+            return None, [
+                DataIssue(line, where, 'must be a string or a list of lists of strings like [["answer"]]')
+            ]
         value = value[0][0]
         where = f"{where}[0][0]"
     issues = _check_text(value, where, line)
@@ -169,7 +175,11 @@ def _parse_prompt_response(obj: Any, line: int) -> tuple[Record | None, list[Dat
     if isinstance(obj, dict):
         if "prompt" not in obj and "response" not in obj:
             return None, [
-                DataIssue(line, "prompt", f"missing; the file is prompt_response format but this line {_describe(obj)}")
+                DataIssue(
+                    line,
+                    "prompt",
+                    f"missing; the file is prompt_response format but this line {_describe(obj)}",
+                )
             ]
         items, prefix = [obj], ""
     elif isinstance(obj, list):
@@ -208,7 +218,9 @@ def _parse_prompt_response(obj: Any, line: int) -> tuple[Record | None, list[Dat
 
 def _parse_text(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
     if not isinstance(obj, dict) or "text" not in obj:
-        return None, [DataIssue(line, "text", f"missing; the file is text format but this line {_describe(obj)}")]
+        return None, [
+            DataIssue(line, "text", f"missing; the file is text format but this line {_describe(obj)}")
+        ]
     issues = _check_text(obj["text"], "text", line)
     return (None if issues else Record(line, text=obj["text"])), issues
 
@@ -240,8 +252,16 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
             if report.format is None:
                 report.format = detect_format(obj)
                 if report.format is None:
-                    add([DataIssue(number, "<root>", "cannot detect format: expected an object with "
-                                   "messages, prompt/response or text, or a Qianfan [{prompt, response}] array")])
+                    add(
+                        [
+                            DataIssue(
+                                number,
+                                "<root>",
+                                "cannot detect format: expected an object with "
+                                "messages, prompt/response or text, or a Qianfan [{prompt, response}] array",
+                            )
+                        ]
+                    )
                     continue
             record, issues = _PARSERS[report.format](obj, number)
             add(issues)

@@ -81,7 +81,7 @@ class EventWriter:
             existing = read_events(path)
             self.seq = max((e["seq"] for e in existing), default=0)
             needs_newline = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
-            self._fh = open(path, "a", encoding="utf-8")
+            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the writer
             if needs_newline:
                 # A crash mid-line must not glue the torn text onto our first event.
                 self._fh.write("\n")

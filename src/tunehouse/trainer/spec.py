@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -67,3 +68,10 @@ class RunSpec(BaseModel):
 
 def load_spec(path: Path) -> RunSpec:
     return RunSpec.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+@dataclass
+class StopFlag:
+    """Set from the SIGTERM handler; the training loop checks it between optimizer steps."""
+
+    requested: bool = False

@@ -90,7 +90,9 @@ def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
     return ids, list(ids)
 
 
-def tokenize_records(records: list[Record], tokenizer: Any, max_seq_len: int) -> tuple[list[Example], TokenizeStats]:
+def tokenize_records(
+    records: list[Record], tokenizer: Any, max_seq_len: int
+) -> tuple[list[Example], TokenizeStats]:
     stats = TokenizeStats()
     examples: list[Example] = []
     for record in records:

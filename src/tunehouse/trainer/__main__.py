@@ -1,0 +1,76 @@
+"""``python -m tunehouse.trainer SPEC_JSON_PATH`` -- see spec.py for the exit codes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from pydantic import ValidationError
+
+from .data import DataError, check_files, formats_for_train_mode
+from .events import EventWriter
+from .spec import EXIT_DATA_INVALID, EXIT_FAILED, RunSpec, StopFlag, load_spec
+
+
+def _check_data(spec: RunSpec) -> list[str]:
+    allowed = formats_for_train_mode(spec.train_mode)
+    return check_files([*spec.train_files, *spec.validation_files], allowed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tunehouse.trainer SPEC_JSON_PATH", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        spec = load_spec(Path(args[0]))
+    except (OSError, ValidationError, ValueError) as exc:
+        # No output_dir to write into; stdout is all the server gets.
+        EventWriter(None).error(f"cannot read run spec {args[0]}: {exc}", "runtime")
+        return EXIT_FAILED
+
+    stop = StopFlag()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.requested = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with EventWriter(spec.events_path) as events:
+            return _run(spec, events, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
+    events.status("loading")
+    # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.
+    problems = _check_data(spec)
+    if problems:
+        return _fail(events, "invalid training data:\n" + "\n".join(problems), "data", EXIT_DATA_INVALID)
+    # Imported only now so that a data-invalid run never pays for loading torch.
+    from .loop import NonFiniteLoss, run_training
+
+    try:
+        return run_training(spec, events, stop)
+    except NonFiniteLoss as exc:
+        return _fail(events, str(exc), "nan", EXIT_FAILED)
+    except DataError as exc:
+        return _fail(events, str(exc), "data", EXIT_DATA_INVALID)
+    except Exception as exc:  # any crash must still reach the server as an error event
+        traceback.print_exc(file=sys.stderr)
+        return _fail(events, f"{type(exc).__name__}: {exc}", "runtime", EXIT_FAILED)
+
+
+def _fail(events: EventWriter, reason: str, kind: str, code: int) -> int:
+    events.error(reason, kind)  # type: ignore[arg-type]
+    events.status("failed")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
