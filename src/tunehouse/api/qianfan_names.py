@@ -83,17 +83,29 @@ def hyperparameters_in(config: Any, field: str = "hyperParameterConfig") -> dict
     return {HP_IN.get(k, k): v for k, v in config.items()}
 
 
-def field_name(canonical: str, hp_prefix: str = "hyperParameterConfig") -> str:
+V2_FIELDS = {
+    "train_mode": "trainMode",
+    "method": "parameterScale",
+    "split_ratio": "datasetConfig.splitRatio",
+    "datasets": "datasetConfig.versions",
+    "sampling_rate": "datasetConfig.versions[].samplingRate",
+}
+V1_FIELDS = {
+    "train_mode": "trainMode",
+    "method": "peftType",
+    "split_ratio": "trainsetRate",
+    "datasets": "trainset",
+    "model": "trainType",
+}
+
+
+def field_name(
+    canonical: str, hp_prefix: str = "hyperParameterConfig", fields: dict[str, str] = V2_FIELDS
+) -> str:
     """The name a Qianfan caller knows a core field by, for error messages."""
     if canonical in HP_OUT:
         return f"{hp_prefix}.{HP_OUT[canonical]}"
-    return {
-        "train_mode": "trainMode",
-        "method": "parameterScale",
-        "split_ratio": "datasetConfig.splitRatio",
-        "datasets": "datasetConfig.versions",
-        "sampling_rate": "datasetConfig.versions[].samplingRate",
-    }.get(canonical, canonical)
+    return fields.get(canonical, canonical)
 
 
 def checkpoint_item(step: int, metrics: dict[str, Any]) -> dict[str, Any]:

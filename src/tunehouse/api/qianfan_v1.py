@@ -24,6 +24,7 @@ from tunehouse.api.qianfan_names import (
     PEFT_OUT,
     TRAIN_MODE_IN,
     TRAIN_MODE_OUT,
+    V1_FIELDS,
     V1_STATUS,
     enum_in,
     field_name,
@@ -201,7 +202,7 @@ def _call(
         )
     except InvalidParameter as e:
         return qianfan_v1_error(
-            PARAM_INVALID, f"param invalid: {field_name(e.field, 'trainConfig')}: {e.message}"
+            PARAM_INVALID, f"param invalid: {field_name(e.field, 'trainConfig', V1_FIELDS)}: {e.message}"
         )
     except NotFound as e:
         return qianfan_v1_error(NOT_FOUND, e.message)
