@@ -289,8 +289,9 @@ class Trainer:
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             loss_sum, n_tokens, _ = token_loss(logits, batch.labels)
             loss = loss_sum / max(1, n_tokens)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss("loss", float(loss), state.step + 1, lr, self.load_dtype)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss("loss", loss_value, state.step + 1, lr, self.load_dtype)
             loss.backward()
             params = [p for p in model.parameters() if p.requires_grad]
             max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")
@@ -314,8 +315,8 @@ class Trainer:
                 )
             session_steps += 1
             session_tokens += batch.tokens
-            window_loss.append(float(loss.detach()))
-            since_ckpt.append(float(loss.detach()))
+            window_loss.append(loss_value)
+            since_ckpt.append(loss_value)
 
             elapsed = max(time.monotonic() - started, 1e-9)
             events.emit(
