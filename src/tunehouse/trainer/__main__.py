@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import traceback
@@ -11,7 +12,7 @@ from types import FrameType
 from pydantic import ValidationError
 
 from .data import DataError, check_files, formats_for_train_mode
-from .events import EventWriter
+from .events import ErrorKind, EventWriter
 from .spec import EXIT_DATA_INVALID, EXIT_FAILED, RunSpec, StopFlag, load_spec
 
 
@@ -28,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(Path(args[0]))
     except (OSError, ValidationError, ValueError) as exc:
-        # No output_dir to write into; stdout is all the server gets.
-        EventWriter(None).error(f"cannot read run spec {args[0]}: {exc}", "runtime")
-        return EXIT_FAILED
+        return _fail(
+            _fallback_writer(Path(args[0])), f"cannot read run spec {args[0]}: {exc}", "runtime", EXIT_FAILED
+        )
 
     stop = StopFlag()
 
@@ -39,15 +40,31 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with EventWriter(spec.events_path) as events:
+        try:
+            events = EventWriter(spec.events_path)
+        except OSError as exc:
+            reason = f"cannot write events to {spec.events_path}: {exc}"
+            return _fail(EventWriter(None), reason, "runtime", EXIT_FAILED)
+        with events:
             return _run(spec, events, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+def _fallback_writer(spec_path: Path) -> EventWriter:
+    """Best effort: if the broken spec still names an output_dir, put the error in its log too."""
+    try:
+        output_dir = json.loads(spec_path.read_text(encoding="utf-8"))["output_dir"]
+        return EventWriter(Path(output_dir) / "events.jsonl")
+    except (OSError, ValueError, KeyError, TypeError):
+        return EventWriter(None)
+
+
 def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     events.status("loading")
+    if not spec.model_path.is_dir():
+        return _fail(events, f"model_path {spec.model_path} is not a directory", "runtime", EXIT_FAILED)
     # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.
     problems = _check_data(spec)
     if problems:
@@ -66,9 +83,10 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
         return _fail(events, f"{type(exc).__name__}: {exc}", "runtime", EXIT_FAILED)
 
 
-def _fail(events: EventWriter, reason: str, kind: str, code: int) -> int:
-    events.error(reason, kind)  # type: ignore[arg-type]
+def _fail(events: EventWriter, reason: str, kind: ErrorKind, code: int) -> int:
+    events.error(reason, kind)
     events.status("failed")
+    events.close()  # idempotent; the fallback writers have no other owner
     return code
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,8 @@ class Trainer:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # PEFT calls a transformers API deprecated in v5; the warning is noise in the run's stderr.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         spec, hp, events = self.spec, self.hp, self.events
 
         resume = spec.resume_from.resolve() if spec.resume_from is not None else None

@@ -60,6 +60,12 @@ def test_loss_only_on_assistant_turns_with_weight(tiny_model: Path) -> None:
     assert trained_text(tokenizer, ids, labels).strip() == "Four.<|im_end|>"
 
 
+def test_masking_survives_multibyte_text(tiny_model: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ids, labels = encode_chat(tokenizer, (Turn("user", "你好吗？"), Turn("assistant", "我很好，谢谢。Café")))
+    assert trained_text(tokenizer, ids, labels).strip() == "我很好，谢谢。Café<|im_end|>"
+
+
 def test_pretrain_text_trains_on_every_token(tiny_model: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples, stats = tokenize_records([Record(1, text="The river runs to the sea.")], tokenizer, 64)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -23,6 +24,7 @@ def train_losses(events: list[dict]) -> list[float]:
     return [p["train_loss"] for p in of_type(events, "metrics") if "train_loss" in p]
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # PEFT vs transformers 5
 def test_lora_sft_run_end_to_end(make_spec: Callable[..., Path], tiny_model: Path) -> None:
     spec = make_spec(hp={"epochs": 2, "split_ratio": 20, "save_steps": 1})
     code, events = run_trainer(spec)
@@ -152,3 +154,14 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(make_spec: Callable[...,
     a = load_file(Path(of_type(straight, "model")[0]["path"], "adapter_model.safetensors"))
     b = load_file(Path(of_type(resumed, "model")[0]["path"], "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unreadable_spec_fails_with_error_event(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"run_id": "x", "output_dir": str(tmp_path / "out")}), encoding="utf-8")
+    code, events = run_in_process(spec)
+    assert code == EXIT_FAILED
+    assert (
+        of_type(events, "error")[0]["kind"] == "runtime"
+        and "model_path" in of_type(events, "error")[0]["reason"]
+    )
