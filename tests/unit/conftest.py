@@ -51,3 +51,11 @@ def make_account(database: Database) -> Callable[[], int]:
             return get_or_create_account(s, f"acct-{uuid.uuid4().hex[:12]}").id
 
     return make
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A fresh migrated SQLite database for one test."""
+    db = sqlite_database(tmp_path)
+    yield db
+    db.dispose()
