@@ -146,9 +146,7 @@ def test_create_run_queues_the_run_with_defaults_filled(make_run):
 def test_create_run_records_a_status_queued_event(s, make_run):
     run = make_run()
 
-    assert [(e.seq, e.type, e.payload) for e in events_after(s, run)] == [
-        (1, "status", {"state": "queued"})
-    ]
+    assert [(e.seq, e.type, e.payload) for e in events_after(s, run)] == [(1, "status", {"state": "queued"})]
 
 
 def test_runs_of_a_job_are_numbered_from_1(make_run):
