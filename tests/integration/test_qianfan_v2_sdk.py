@@ -49,7 +49,8 @@ def wait_terminal(ft: Any, task_id: str, seen: list[dict[str, Any]] | None = Non
 
 
 def status_of(exc: pytest.ExceptionInfo[RequestError]) -> tuple[int, str]:
-    return int(exc.value.status_code or 0), str(exc.value.body)
+    # The SDK keeps the request body on the error; its message carries the response body.
+    return int(exc.value.status_code or 0), str(exc.value)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -64,9 +65,9 @@ def test_job_list_pages_with_marker_and_next_marker(qianfan: Any, server: Any, m
     keys = server.keys("pager")
     monkeypatch.setenv("QIANFAN_ACCESS_KEY", keys["access_key"])
     monkeypatch.setenv("QIANFAN_SECRET_KEY", keys["secret_key"])
-    import qianfan.config
+    from qianfan import config as qianfan_config
 
-    monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)
+    monkeypatch.setattr(qianfan_config, "_GLOBAL_CONFIG", None)
     ids = [new_job(qianfan, name=f"job-{i}") for i in range(3)]
     first = result(qianfan.V2.job_list(max_keys=2))
     assert [j["jobId"] for j in first["jobList"]] == ids[:2]

@@ -44,10 +44,10 @@ def sdk(own_server: LiveServer, carol: dict[str, str], monkeypatch: pytest.Monke
     return FineTune
 
 
-def start_long_task(sdk: Any, server: LiveServer, epochs: int = 12) -> str:
+def start_long_task(sdk: Any, server: LiveServer, api_key: str, epochs: int = 12) -> str:
     up = httpx.post(
         server.url + "/v1/files",
-        headers={"Authorization": f"Bearer {sdk.api_key}"},
+        headers={"Authorization": f"Bearer {api_key}"},
         files={"file": ("t.jsonl", jsonl(CHAT_ROWS * 4))},
         data={"purpose": "fine-tune"},
     )
@@ -118,7 +118,7 @@ def test_a_killed_trainer_ends_the_task_failed_with_the_reason(
 
 
 def test_a_trainer_lost_while_the_server_was_down_resumes_from_its_checkpoint(
-    own_server: LiveServer, sdk: Any
+    own_server: LiveServer, sdk: Any, carol: dict[str, str]
 ) -> None:
     task_id = start_long_task(sdk, own_server, carol["api_key"], epochs=4)
     wait_for(lambda: checkpoint_written(own_server, task_id))

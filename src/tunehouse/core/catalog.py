@@ -5,6 +5,7 @@ Keys are canonical (snake_case, as the trainer takes them); dialects rename them
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,13 @@ class HyperParam:
         """The value coerced to this parameter's type; InvalidParameter when it breaks the rule."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidParameter(self.key, f"must be a number ({self.type})")
+        # JSON admits 1e999 (inf) and 400-digit integers: refuse them before any conversion can overflow.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidParameter(self.key, "must be a finite number")
+        if isinstance(value, int) and abs(value) > 2**53:
+            raise InvalidParameter(self.key, "is out of range")
         if self.type == "int":
-            if float(value) != int(value):
+            if isinstance(value, float) and not value.is_integer():
                 raise InvalidParameter(self.key, "must be an integer")
             value = int(value)
         else:

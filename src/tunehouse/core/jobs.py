@@ -38,8 +38,9 @@ def create_job(
         caps = catalog.capabilities(model)
         if train_mode is not None:
             caps.params_for(train_mode, method or "lora")
-            if method is not None and hyperparameters:
-                caps.resolve(train_mode, method, hyperparameters)
+            if hyperparameters:
+                # Job defaults are checked now, not first at the run that inherits them.
+                caps.resolve(train_mode, method or "lora", hyperparameters)
     job = Job(
         key=new_key(),
         account_id=account_id,
