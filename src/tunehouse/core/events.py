@@ -16,11 +16,21 @@ _METRIC_KEYS = ("train_loss", "eval_loss", "eval_token_accuracy", "learning_rate
 _PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch")
 
 
+def _next_seq(s: Session, run: Run) -> int:
+    return (s.scalar(select(func.max(Event.seq)).where(Event.run_id == run.id)) or 0) + 1
+
+
 def record_event(
-    s: Session, run: Run, type_: str, payload: dict[str, Any], time: datetime | None = None
+    s: Session,
+    run: Run,
+    type_: str,
+    payload: dict[str, Any],
+    time: datetime | None = None,
+    seq: int | None = None,
 ) -> Event:
-    seq = (s.scalar(select(func.max(Event.seq)).where(Event.run_id == run.id)) or 0) + 1
-    ev = Event(run_id=run.id, seq=seq, time=time or utcnow(), type=type_, payload=payload)
+    ev = Event(
+        run_id=run.id, seq=seq or _next_seq(s, run), time=time or utcnow(), type=type_, payload=payload
+    )
     s.add(ev)
     s.flush()
     return ev
@@ -41,10 +51,11 @@ def apply_trainer_events(s: Session, run: Run, events: list[dict[str, Any]]) -> 
     Returns the newly applied events; status changes are left to the caller (the scheduler decides them).
     """
     fresh = [e for e in events if int(e.get("seq", 0)) > run.last_event_seq]
-    for e in fresh:
+    first = _next_seq(s, run) if fresh else 0
+    for i, e in enumerate(fresh):
         payload = e.get("payload") or {}
         type_ = str(e.get("type", "log"))
-        record_event(s, run, type_, payload, _parse_time(e.get("time")))
+        record_event(s, run, type_, payload, _parse_time(e.get("time")), seq=first + i)
         run.last_event_seq = int(e["seq"])
         if type_ == "progress":
             run.step = int(payload.get("step", run.step))

@@ -28,7 +28,7 @@ from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.executors.base import Executor, Exit
 from tunehouse.store.db import Database
 from tunehouse.store.models import Checkpoint, File, Run
-from tunehouse.trainer.events import read_events
+from tunehouse.trainer.events import tail_events
 from tunehouse.trainer.spec import EXIT_STOPPED
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,17 @@ class Scheduler:
             self._settle(s, run, exit_)
 
     def _ingest(self, s: Any, run: Run) -> None:
+        """Read the trainer's event file from where we stopped last time (the offset survives restarts)."""
         if not run.run_dir:
             return
-        fresh = apply_trainer_events(
-            s, run, read_events(Path(run.run_dir) / "events.jsonl", after_seq=run.last_event_seq)
-        )
+        path = Path(run.run_dir) / "events.jsonl"
+        offset = int(run.handle.get("events_offset", 0))
+        if path.exists() and path.stat().st_size < offset:
+            offset = 0  # the file was replaced; seq numbers still keep ingestion exactly-once
+        events, new_offset = tail_events(path, offset)
+        fresh = apply_trainer_events(s, run, events)
+        if new_offset != offset:
+            run.handle = {**run.handle, "events_offset": new_offset}
         for e in fresh:
             payload = e.get("payload") or {}
             if e.get("type") == "status":
