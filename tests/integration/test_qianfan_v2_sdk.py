@@ -94,7 +94,7 @@ def test_supported_models_list_tiny_with_modes_scales_and_ranges(qianfan: Any) -
     models = {m["model"]: m for m in result(qianfan.V2.supported_models())}
     tiny = models["tunehouse-tiny"]
     modes = {m["trainMode"]: m for m in tiny["supportTrainMode"]}
-    assert set(modes) == {"SFT", "PostPretrain"}
+    assert set(modes) == {"SFT", "PostPretrain", "DPO"}
     scales = {s["parameterScale"]: s for s in modes["SFT"]["supportParameterScale"]}
     assert set(scales) == {"FullFineTuning", "LoRA"}
     params = {p["key"]: p for p in scales["LoRA"]["supportHyperParameterConfig"]}
@@ -149,6 +149,32 @@ def test_stopping_a_long_task_ends_stopped_with_a_checkpoint(qianfan: Any, uploa
 def _has_steps(server: Any, task_id: str) -> bool:
     events = server.home / "runs" / task_id.removeprefix("task-") / "events.jsonl"
     return events.exists() and '"progress"' in events.read_text()
+
+
+def test_an_incremental_task_continues_from_an_earlier_tasks_checkpoint(qianfan: Any, upload: Any) -> None:
+    job_id = new_job(qianfan)
+    file_id = upload(CHAT_ROWS)
+    first = new_task(qianfan, job_id, file_id, hp={**FAST, "saveSteps": 4})
+    steps = [c["step"] for c in wait_terminal(qianfan, first)["checkpointList"]]
+    cfg = {"sourceType": "Platform", "versions": [{"versionId": file_id}]}
+    with pytest.raises(RequestError) as e:
+        qianfan.V2.create_task(
+            job_id=job_id, params_scale="LoRA", hyper_params=FAST, dataset_config=cfg, increment_task_id=first
+        )
+    assert status_of(e)[0] == 400 and "incrementCheckpointStep" in status_of(e)[1]
+    second = str(
+        result(
+            qianfan.V2.create_task(
+                job_id=job_id,
+                params_scale="LoRA",
+                hyper_params=FAST,
+                dataset_config=cfg,
+                increment_task_id=first,
+                increment_checkpoint_step=steps[0],
+            )
+        )["taskId"]
+    )
+    assert wait_terminal(qianfan, second)["runStatus"] == "Done"
 
 
 def test_task_list_shows_the_jobs_tasks_with_pagination(qianfan: Any, upload: Any) -> None:

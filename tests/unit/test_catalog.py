@@ -32,7 +32,7 @@ def test_every_model_supports_sft_and_pretrain_with_full_and_lora(train_mode, me
 
 def test_unsupported_train_mode_raises_invalid_parameter_naming_train_mode():
     with pytest.raises(InvalidParameter) as info:
-        capabilities(TINY_MODEL).params_for("dpo", "lora")
+        capabilities(TINY_MODEL).params_for("kto", "lora")
 
     assert info.value.field == "train_mode"
 
@@ -169,3 +169,10 @@ def test_int_parameters_come_back_as_ints_even_as_defaults():
     out = resolve({})
 
     assert all(type(out[k]) is int for k in ("epochs", "batch_size", "max_seq_len", "seed", "lora_rank"))
+
+
+def test_dpo_takes_a_beta_that_other_modes_do_not():
+    caps = capabilities(TINY_MODEL)
+    assert "dpo_beta" in {p.key for p in caps.params_for("dpo", "lora")}
+    assert "dpo_beta" not in {p.key for p in caps.params_for("sft", "lora")}
+    assert caps.resolve("dpo", "full", {})["dpo_beta"] == 0.1

@@ -30,6 +30,9 @@ HP_IN = {
     "saveSteps": "save_steps",
     "loggingSteps": "logging_steps",
     "evalSteps": "eval_steps",
+    "gradientAccumulationSteps": "gradient_accumulation_steps",
+    "saveTotalLimit": "save_total_limit",
+    "dpoBeta": "dpo_beta",
 }
 HP_OUT = {v: k for k, v in HP_IN.items()}
 
@@ -89,6 +92,8 @@ V2_FIELDS = {
     "split_ratio": "datasetConfig.splitRatio",
     "datasets": "datasetConfig.versions",
     "sampling_rate": "datasetConfig.versions[].samplingRate",
+    "increment_from": "incrementTaskId",
+    "increment_step": "incrementCheckpointStep",
 }
 V1_FIELDS = {
     "train_mode": "trainMode",

@@ -81,7 +81,7 @@ class CreateJobBody(_Body):
     peftType: StrictStr = "LoRA"
     trainConfig: dict[str, Any] = Field(default_factory=dict)
     trainset: list[Trainset] = Field(min_length=1)
-    trainsetRate: int = 0
+    trainsetRate: int = Field(default=0, ge=0, le=20)
 
 
 class JobRef(_Body):
@@ -161,13 +161,16 @@ def job_detail(s: Session, account: int, body: dict[str, Any]) -> Any:
     job = run_svc.job_of(s, run)
     now = utcnow()
     started, finished = run.started_at, run.finished_at
+    init = run.extra.get("init_from") or {}
+    incre = init if "run_id" in init else None
     return {
         "id": run.id,
         "description": job.description,
         "taskId": job.id,
         "taskName": job.name,
         "version": run.version,
-        "jobRunType": 0,
+        "jobRunType": 1 if incre else 0,
+        **({"increConfig": {"taskId": incre["job_id"], "jobId": incre["run_id"]}} if incre else {}),
         "trainType": run.base_model,
         "trainMode": TRAIN_MODE_OUT[run.train_mode],
         "peftType": PEFT_OUT[run.parameter_scale],

@@ -84,7 +84,7 @@ class DatasetVersion(_Body):
 class DatasetConfig(_Body):
     sourceType: StrictStr
     versions: list[DatasetVersion] = Field(min_length=1)
-    splitRatio: StrictInt = 0
+    splitRatio: StrictInt = Field(default=0, ge=0, le=20)
 
 
 class CreateTaskBody(_Body):
@@ -226,9 +226,12 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
     b = CreateTaskBody.model_validate(body)
     job = _job(s, account, b.jobId)
     method = enum_in(SCALE_IN, b.parameterScale, "parameterScale")
+    increment = None
     if b.incrementTaskId is not None:
-        _run(s, account, b.incrementTaskId)
-        raise InvalidParameter("incrementTaskId", "incremental training is not supported yet")
+        try:
+            increment = (_run(s, account, b.incrementTaskId), b.incrementCheckpointStep)
+        except NotFound:
+            raise InvalidParameter("incrementTaskId", f"unknown task {b.incrementTaskId!r}") from None
     dc = b.datasetConfig
     if dc.sourceType not in ("Platform", "Bos"):
         raise InvalidParameter("datasetConfig.sourceType", "must be Platform or Bos")
@@ -267,6 +270,7 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
         datasets,
         split_ratio=dc.splitRatio,
         extra=extra,
+        increment_from=increment,
     )
     return {"jobId": JOB + job.key, "taskId": TASK + run.key}
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tunehouse.core.errors import InvalidParameter
 
-TRAIN_MODES = ("sft", "pretrain")
+TRAIN_MODES = ("sft", "pretrain", "dpo")
 METHODS = ("full", "lora")
 TINY_MODEL = "tunehouse-tiny"
 
@@ -24,6 +24,7 @@ class HyperParam:
     check_value: tuple[float, ...]
     default: float
     lora_only: bool = False
+    dpo_only: bool = False
 
     def check(self, value: Any) -> float:
         """The value coerced to this parameter's type; InvalidParameter when it breaks the rule."""
@@ -73,9 +74,12 @@ def _table(tiny: bool) -> list[HyperParam]:
         HyperParam("save_steps", "int", "range", (0, 1_000_000), 0),
         HyperParam("logging_steps", "int", "range", (1, 10_000), 1),
         HyperParam("eval_steps", "int", "range", (0, 1_000_000), 0),
+        HyperParam("gradient_accumulation_steps", "int", "range", (1, 256), 1),
+        HyperParam("save_total_limit", "int", "range", (0, 1000), 0),
         HyperParam("lora_rank", "int", "choice", (4, 8, 16, 32, 64), 8, lora_only=True),
         HyperParam("lora_alpha", "int", "range", (1, 512), 16, lora_only=True),
         HyperParam("lora_dropout", "float", "range", (0.0, 0.5), 0.05, lora_only=True),
+        HyperParam("dpo_beta", "float", "range", (0.01, 1.0), 0.1, dpo_only=True),
     ]
 
 
@@ -110,6 +114,11 @@ class ModelCapabilities:
 
 def capabilities(model: str) -> ModelCapabilities:
     table = _table(tiny=model == TINY_MODEL)
-    full = [p for p in table if not p.lora_only]
-    by_method = {"full": full, "lora": table}
-    return ModelCapabilities(model=model, model_type="text2text", modes={m: by_method for m in TRAIN_MODES})
+
+    def params(mode: str, method: str) -> list[HyperParam]:
+        return [
+            p for p in table if (method == "lora" or not p.lora_only) and (mode == "dpo" or not p.dpo_only)
+        ]
+
+    modes = {mode: {method: params(mode, method) for method in METHODS} for mode in TRAIN_MODES}
+    return ModelCapabilities(model=model, model_type="text2text", modes=modes)

@@ -13,7 +13,7 @@ from tunehouse.store.models import Checkpoint, Event, Run
 
 # Latest value of each metric is kept on the run for cheap detail reads.
 _METRIC_KEYS = ("train_loss", "eval_loss", "eval_token_accuracy", "learning_rate", "grad_norm")
-_PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch")
+_PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch", "trained_tokens", "padding_share")
 
 
 def _next_seq(s: Session, run: Run) -> int:
@@ -77,18 +77,41 @@ def apply_trainer_events(s: Session, run: Run, events: list[dict[str, Any]]) -> 
                         created_at=utcnow(),
                     )
                 )
+        elif type_ == "checkpoint_deleted":
+            # The trainer's keep-last-K rotation removed it from disk; it is no longer resumable.
+            gone = s.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.run_id == run.id, Checkpoint.step == int(payload.get("step", -1))
+                )
+            )
+            if gone is not None:
+                s.delete(gone)
+        elif type_ == "model" and "trained_tokens" in payload:
+            run.metrics = {**run.metrics, "trained_tokens": payload["trained_tokens"]}
         elif type_ == "error":
             run.error = str(payload.get("reason", "the trainer failed"))
     s.flush()
     return fresh
 
 
-def events_after(s: Session, run: Run, after_seq: int = 0, limit: int = 1000) -> list[Event]:
-    return list(
-        s.scalars(
-            select(Event)
-            .where(Event.run_id == run.id, Event.seq > after_seq)
-            .order_by(Event.seq)
-            .limit(limit)
-        )
-    )
+def events_page(
+    s: Session,
+    run: Run,
+    after_seq: int | None = None,
+    before_seq: int | None = None,
+    limit: int = 100,
+    newest_first: bool = False,
+) -> list[Event]:
+    q = select(Event).where(Event.run_id == run.id)
+    if after_seq is not None:
+        q = q.where(Event.seq > after_seq)
+    if before_seq is not None:
+        q = q.where(Event.seq < before_seq)
+    q = q.order_by(Event.seq.desc() if newest_first else Event.seq).limit(limit)
+    return list(s.scalars(q))
+
+
+def metric_rows(s: Session, run: Run) -> list[dict[str, Any]]:
+    """Every metrics event's payload in step order (train and eval rows are separate events)."""
+    q = select(Event.payload).where(Event.run_id == run.id, Event.type == "metrics").order_by(Event.seq)
+    return [dict(p) for p in s.scalars(q)]

@@ -1,13 +1,16 @@
-"""Dataset files: validated line by line on upload, stored once by content hash."""
+"""Dataset files: validated line by line on upload, stored once by content hash; result files of runs."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
@@ -17,12 +20,22 @@ from tunehouse.store.models import File
 from tunehouse.trainer.data import validate_dataset
 
 PURPOSES = ("fine-tune",)
+RESULTS_PURPOSE = "fine-tune-results"
 MAX_BYTES = 512 * 1024 * 1024
+RESULT_COLUMNS = (
+    "step",
+    "train_loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "eval_loss",
+    "eval_token_accuracy",
+)
 
 
-def _store_blob(files_dir: Path, data: bytes, digest: str) -> Path:
+def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl") -> Path:
     files_dir.mkdir(parents=True, exist_ok=True)
-    dest = files_dir / f"{digest}.jsonl"
+    dest = files_dir / f"{digest}{suffix}"
     if not dest.exists():
         # Write then rename, so a crash never leaves a truncated blob under its final name.
         fd, tmp = tempfile.mkstemp(dir=files_dir, suffix=".part")
@@ -35,7 +48,14 @@ def _store_blob(files_dir: Path, data: bytes, digest: str) -> Path:
 
 
 def upload_file(
-    s: Session, files_dir: Path, account_id: int, filename: str, data: bytes, purpose: str
+    s: Session,
+    files_dir: Path,
+    account_id: int,
+    filename: str,
+    data: bytes,
+    purpose: str,
+    description: str = "",
+    workspace: str | None = None,
 ) -> File:
     if purpose not in PURPOSES:
         raise InvalidParameter("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
@@ -59,6 +79,8 @@ def upload_file(
         format=report.format,
         rows=report.rows,
         path=str(path),
+        description=description,
+        workspace=workspace,
         created_at=utcnow(),
     )
     s.add(row)
@@ -66,17 +88,69 @@ def upload_file(
     return row
 
 
-def get_file(s: Session, account_id: int, key: str | None = None, int_id: int | None = None) -> File:
+def store_results(
+    s: Session,
+    files_dir: Path,
+    account_id: int,
+    run_key: str,
+    rows: list[dict[str, Any]],
+    workspace: str | None = None,
+) -> File:
+    """A CSV of a run's step metrics, kept as a file its owner can download."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in RESULT_COLUMNS})
+    data = buf.getvalue().encode()
+    digest = hashlib.sha256(data).hexdigest()
+    path = _store_blob(files_dir, data, digest, ".csv")
+    row = File(
+        key=new_key(),
+        account_id=account_id,
+        filename=f"{run_key}-results.csv",
+        purpose=RESULTS_PURPOSE,
+        bytes=len(data),
+        sha256=digest,
+        format="csv",
+        rows=len(rows),
+        path=str(path),
+        description="",
+        workspace=workspace,
+        created_at=utcnow(),
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def files_query(account_id: int, workspace: str | None = None, purpose: str | None = None) -> Select[Any]:
+    q = select(File).where(File.account_id == account_id, File.deleted_at.is_(None))
+    if workspace is not None:
+        q = q.where(File.workspace == workspace)
+    if purpose is not None:
+        q = q.where(File.purpose == purpose)
+    return q
+
+
+def get_file(
+    s: Session,
+    account_id: int,
+    key: str | None = None,
+    int_id: int | None = None,
+    workspace: str | None = None,
+) -> File:
     cond = File.key == key if key is not None else File.id == int_id
-    row = s.scalar(select(File).where(cond, File.account_id == account_id, File.deleted_at.is_(None)))
+    row = s.scalar(files_query(account_id, workspace).where(cond))
     if row is None:
         raise NotFound("file", key if key is not None else str(int_id))
     return row
 
 
-def list_files(s: Session, account_id: int) -> list[File]:
-    return list(
-        s.scalars(
-            select(File).where(File.account_id == account_id, File.deleted_at.is_(None)).order_by(File.id)
-        )
-    )
+def list_files(s: Session, account_id: int, workspace: str | None = None) -> list[File]:
+    return list(s.scalars(files_query(account_id, workspace).order_by(File.id)))
+
+
+def delete_file(s: Session, row: File) -> None:
+    """Soft delete: runs that trained on it keep their record; the blob may be shared, so it stays."""
+    row.deleted_at = utcnow()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import or_, select
@@ -65,6 +66,29 @@ def resolve_base(s: Session, name: str, field: str = "model") -> Model:
         names = ", ".join(m.name for m in base_models(s))
         raise InvalidParameter(field, f"unknown model {name!r}; available: {names}")
     return row
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a run trains: the root base model, plus starting weights when continuing a fine-tuned one."""
+
+    requested: str
+    base: Model
+    init_from: dict[str, str] | None = None
+
+
+def resolve_model(s: Session, account_id: int, name: str, field: str = "model") -> ResolvedModel:
+    """A base model by name, or one of the account's own fine-tuned outputs (continued training)."""
+    own = s.scalar(select(Model).where(Model.account_id == account_id, Model.name == name))
+    if own is None:
+        return ResolvedModel(name, resolve_base(s, name, field))
+    return ResolvedModel(
+        name, resolve_base(s, own.base_model or "", field), {"path": own.path, "kind": own.kind}
+    )
+
+
+def output_name_taken(s: Session, account_id: int, name: str) -> bool:
+    return s.scalar(select(Model.id).where(Model.account_id == account_id, Model.name == name)) is not None
 
 
 def register_output(

@@ -13,12 +13,13 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
 from tunehouse.core.events import record_event
 from tunehouse.core.ids import new_key
-from tunehouse.core.registry import resolve_base
+from tunehouse.core.registry import output_name_taken, resolve_model
 from tunehouse.core.states import TERMINAL, RunState, check_move
-from tunehouse.store.models import Checkpoint, File, Job, Run
+from tunehouse.store.models import Checkpoint, File, Job, Model, Run
 from tunehouse.trainer.data import formats_for_train_mode
 
-SPLIT_RATIO = (0, 20)
+# Percent of training rows held out for evaluation; dialects may allow less (Qianfan: 20).
+SPLIT_RATIO = (0, 50)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,19 @@ def create_run(
     model: str | None = None,
     train_mode: str | None = None,
     extra: dict[str, Any] | None = None,
+    validation: list[DatasetChoice] | None = None,
+    increment_from: tuple[Run, int | None] | None = None,
+    output_name: str | None = None,
 ) -> Run:
-    """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept."""
+    """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept.
+
+    `increment_from` (a finished run and optionally one of its checkpoint steps) or a fine-tuned `model`
+    give the starting weights; `output_name` names the produced model and may hold `{key}`.
+    """
     model = _pin(job.base_model, model, "model")
     train_mode = _pin(job.train_mode, train_mode, "train_mode")
-    base = resolve_base(s, model)
-    caps = catalog.capabilities(base.name)
+    target = resolve_model(s, job.account_id, model)
+    caps = catalog.capabilities(target.base.name)
     known = {**job.hyperparameters, **hyperparameters}
     resolved = caps.resolve(train_mode, method, known)
     unknown = {k: v for k, v in hyperparameters.items() if k not in resolved}
@@ -56,30 +64,40 @@ def create_run(
         )
     if not datasets:
         raise InvalidParameter("datasets", "at least one training file is required")
-    allowed = formats_for_train_mode(train_mode)
-    for d in datasets:
-        if d.sampling_rate != 1:
-            raise InvalidParameter("sampling_rate", "sampling rates other than 1 are not supported yet")
-        if d.file.format not in allowed:
-            raise InvalidParameter(
-                "datasets",
-                f"file {d.file.key} holds {d.file.format} rows; {train_mode} needs "
-                f"{' or '.join(sorted(allowed))}",
-            )
+    _check_formats(datasets, train_mode, "datasets")
+    _check_formats(validation or [], train_mode, "validation")
+    init_from = target.init_from
+    if init_from is not None:
+        init_from = {**init_from, "source": f"model:{model}"}
+    if increment_from is not None:
+        init_from = _increment_source(s, *increment_from, base=target.base.name)
+    key = new_key()
+    name = (output_name or "{base}-ft-{key}").format(key=key, base=target.base.name)
+    if output_name_taken(s, job.account_id, name):
+        raise Conflict(f"Model name {name} already exists, please specify another name")
     # The job's model and mode are fixed by its first run when the job was created without them.
     job.base_model, job.train_mode = model, train_mode
     version = (s.scalar(select(func.count()).select_from(Run).where(Run.job_id == job.id)) or 0) + 1
     run = Run(
-        key=new_key(),
+        key=key,
         account_id=job.account_id,
         job_id=job.id,
         version=version,
-        base_model=model,
+        base_model=target.base.name,
         train_mode=train_mode,
         parameter_scale=method,
         hyperparameters=resolved,
-        dataset={"files": [d.file.id for d in datasets], "split_ratio": split_ratio},
-        extra={**(extra or {}), "unknown_hyperparameters": unknown},
+        dataset={
+            "files": [d.file.id for d in datasets],
+            "validation_files": [d.file.id for d in validation or []],
+            "split_ratio": split_ratio,
+        },
+        extra={
+            **(extra or {}),
+            "unknown_hyperparameters": unknown,
+            "output_name": name,
+            **({"init_from": init_from} if init_from else {}),
+        },
         state=RunState.QUEUED,
         created_at=utcnow(),
     )
@@ -87,6 +105,43 @@ def create_run(
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
     return run
+
+
+def _check_formats(datasets: list[DatasetChoice], train_mode: str, field: str) -> None:
+    allowed = formats_for_train_mode(train_mode)
+    for d in datasets:
+        if d.sampling_rate != 1:
+            raise InvalidParameter("sampling_rate", "sampling rates other than 1 are not supported yet")
+        if d.file.format not in allowed:
+            raise InvalidParameter(
+                field,
+                f"file {d.file.key} holds {d.file.format} rows; {train_mode} needs "
+                f"{' or '.join(sorted(allowed))}",
+            )
+
+
+def _increment_source(s: Session, source: Run, step: int | None, base: str) -> dict[str, str]:
+    """Starting weights from an earlier run of the same base model: one of its checkpoints or its output."""
+    if source.base_model != base:
+        raise InvalidParameter("increment_from", f"that run trained {source.base_model}, not {base}")
+    kind = "lora_adapter" if source.parameter_scale == "lora" else "full"
+    ref = {"run_id": source.id, "job_id": source.job_id}
+    ckpts = checkpoints(s, source)
+    if step is not None:
+        match = [c for c in ckpts if c.step == step]
+        if not match:
+            steps = ", ".join(str(c.step) for c in ckpts) or "none"
+            raise InvalidParameter("increment_step", f"no checkpoint at step {step}; available: {steps}")
+        return {"path": match[0].path, "kind": kind, "source": f"run:{source.key}@{step}", **ref}
+    if len(ckpts) > 1:
+        steps = ", ".join(str(c.step) for c in ckpts)
+        raise InvalidParameter("increment_step", f"required: that run has several checkpoints ({steps})")
+    if ckpts:
+        return {"path": ckpts[0].path, "kind": kind, "source": f"run:{source.key}@{ckpts[0].step}", **ref}
+    if source.output_model_id is not None:
+        out = s.get_one(Model, source.output_model_id)
+        return {"path": out.path, "kind": out.kind, "source": f"run:{source.key}", **ref}
+    raise InvalidParameter("increment_from", "that run has no checkpoint or output model to continue from")
 
 
 def _pin(fixed: str | None, given: str | None, field: str) -> str:
@@ -137,6 +192,28 @@ def request_stop(s: Session, run: Run) -> bool:
         return True
     move(s, run, RunState.STOPPED)
     return True
+
+
+def request_pause(s: Session, run: Run) -> None:
+    """A running run checkpoints and frees its slot; a queued one is held back. Idempotent."""
+    if run.state in (RunState.PAUSING, RunState.PAUSED):
+        return
+    if run.state == RunState.RUNNING:
+        move(s, run, RunState.PAUSING)
+    elif run.state == RunState.QUEUED:
+        move(s, run, RunState.PAUSED)
+    else:
+        raise Conflict(f"a {run.state} run cannot be paused")
+
+
+def resume(s: Session, run: Run) -> None:
+    """Queue a paused run again; it continues exactly from its last checkpoint."""
+    if run.state != RunState.PAUSED:
+        raise Conflict(f"a {run.state} run cannot be resumed; only a paused one")
+    ckpts = checkpoints(s, run)
+    if ckpts:
+        run.resume_from = ckpts[-1].path
+    move(s, run, RunState.QUEUED)
 
 
 def delete_run(s: Session, run: Run) -> None:

@@ -22,12 +22,13 @@ from tunehouse.config import Settings
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.clock import utcnow
-from tunehouse.core.events import apply_trainer_events, record_event
+from tunehouse.core.events import apply_trainer_events, metric_rows, record_event
+from tunehouse.core.files import store_results
 from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.executors.base import Executor, Exit
 from tunehouse.store.db import Database
-from tunehouse.store.models import Checkpoint, File, Run
+from tunehouse.store.models import Checkpoint, File, Job, Run
 from tunehouse.trainer.events import tail_events
 from tunehouse.trainer.spec import EXIT_STOPPED
 
@@ -146,7 +147,8 @@ class Scheduler:
                 run.handle = {**run.handle, "model": payload}
 
     def _deliver_stop(self, run: Run) -> None:
-        if not run.stop_requested:
+        """Stop and pause reach the trainer the same way: checkpoint, then exit."""
+        if not (run.stop_requested or run.state == RunState.PAUSING):
             return
         sent = run.handle.get("stop_sent_at")
         if sent is None:
@@ -161,6 +163,12 @@ class Scheduler:
         if said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
+        elif (
+            run.state == RunState.PAUSING
+            and not run.stop_requested
+            and (said == "stopped" or exit_.code == EXIT_STOPPED or exit_.code is None)
+        ):
+            self._hold(s, run)
         elif said == "stopped" or (run.stop_requested and exit_.code is not None):
             run_svc.move(s, run, RunState.STOPPED)
         elif said == "failed":
@@ -175,6 +183,14 @@ class Scheduler:
         if run.state != RunState.QUEUED:
             run.lease_owner = None
             run.lease_expires_at = None
+
+    def _hold(self, s: Any, run: Run) -> None:
+        """Paused: remember where to resume; the GPU slot is free as soon as the lease is dropped."""
+        last = s.scalar(
+            select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step.desc()).limit(1)
+        )
+        run.resume_from = last.path if last is not None else run.resume_from
+        run_svc.move(s, run, RunState.PAUSED)
 
     def _recover(self, s: Any, run: Run) -> None:
         """The process vanished while nobody watched it: resume from its last checkpoint if we may."""
@@ -206,17 +222,18 @@ class Scheduler:
         return f"{reason}: {tail}" if tail else reason
 
     def _register_output(self, s: Any, run: Run) -> None:
+        """The produced model joins the registry (with its lineage) and the step metrics become a file."""
         info = run.handle["model"]
+        name = str(run.extra.get("output_name") or f"{run.base_model}-ft-{run.key}")
         model = register_output(
-            s,
-            run.account_id,
-            f"{run.base_model}-ft-{run.key}",
-            str(info["path"]),
-            str(info.get("kind", "full")),
-            run.base_model,
-            run.id,
+            s, run.account_id, name, str(info["path"]), str(info.get("kind", "full")), run.base_model, run.id
         )
         run.output_model_id = model.id
+        job = s.get_one(Job, run.job_id)
+        results = store_results(
+            s, self.settings.files_dir, run.account_id, run.key, metric_rows(s, run), job.workspace
+        )
+        run.extra = {**run.extra, "result_files": [results.key]}
 
     # ---- claiming and launching ------------------------------------------------------------------
     def _claim_and_launch(self) -> None:
@@ -289,19 +306,25 @@ class Scheduler:
             from tunehouse.trainer.tiny import ensure_tiny_model
 
             ensure_tiny_model(self.settings.home)
-        files = [s.get_one(File, fid) for fid in run.dataset.get("files", [])]
+
+        def paths(key: str) -> list[str]:
+            return [s.get_one(File, fid).path for fid in run.dataset.get(key, [])]
+
         run_dir = self.settings.runs_dir / run.key
         run_dir.mkdir(parents=True, exist_ok=True)
         hp = {**run.hyperparameters, "split_ratio": int(run.dataset.get("split_ratio", 0))}
+        init = run.extra.get("init_from")
         spec = {
             "run_id": run.key,
             "model_path": base.path,
             "method": run.parameter_scale,
             "train_mode": run.train_mode,
-            "train_files": [f.path for f in files],
-            "validation_files": [],
+            "train_files": paths("files"),
+            "validation_files": paths("validation_files"),
             "output_dir": str(run_dir),
             "resume_from": run.resume_from,
+            "init_from": {"path": init["path"], "kind": init["kind"]} if init else None,
+            "cache_dir": str(self.settings.home / "cache" / "tokenized"),
             "hyperparameters": hp,
         }
         return spec, run_dir

@@ -94,6 +94,8 @@ class File(Base):
     format: Mapped[str] = mapped_column(String(32))
     rows: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
@@ -109,6 +111,7 @@ class Job(Base):
     train_mode: Mapped[str | None] = mapped_column(String(32), nullable=True)
     parameter_scale: Mapped[str | None] = mapped_column(String(32), nullable=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 

@@ -1,0 +1,21 @@
+"""Every core concept the Qianfan dialect shows has a Qianfan name."""
+
+from tunehouse.api.qianfan_names import HP_OUT, SCALE_OUT, TRAIN_MODE_OUT, V1_STATUS, V2_STATUS
+from tunehouse.core import catalog
+from tunehouse.core.states import RunState
+
+
+def test_every_catalog_hyperparameter_has_a_camel_case_name():
+    caps = catalog.capabilities(catalog.TINY_MODEL)
+    keys = {p.key for methods in caps.modes.values() for params in methods.values() for p in params}
+    assert keys <= set(HP_OUT)
+
+
+def test_every_train_mode_and_method_has_a_qianfan_name():
+    assert set(catalog.TRAIN_MODES) <= set(TRAIN_MODE_OUT)
+    assert set(catalog.METHODS) <= set(SCALE_OUT)
+
+
+def test_every_run_state_maps_to_a_v1_and_a_v2_status():
+    assert set(RunState) == set(V2_STATUS) == set(V1_STATUS)
+    assert set(V2_STATUS.values()) <= {"Waiting", "Running", "Done", "Stopped", "Failed"}
