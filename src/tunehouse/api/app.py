@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tunehouse.api import openai_files, qianfan_v1, qianfan_v2
+from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
 from tunehouse.api.bce_auth import AuthFailure
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext
@@ -58,6 +58,9 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
     app.include_router(openai_files.router)
+    app.include_router(openai_fine_tuning.router)
+    app.include_router(dashscope.router)
+    app.include_router(console.router)
 
     @app.exception_handler(AuthFailure)
     async def _bce_failure(request: Request, exc: AuthFailure) -> JSONResponse:
