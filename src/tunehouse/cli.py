@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,10 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    if not settings.public_url:
+        # Links handed to clients (vdlLink) must be absolute; without a configured URL use the listen address.
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        settings = replace(settings, public_url=f"http://{shown}:{port}")
     ctx = open_context(settings)
     with ctx.db.session() as s:
         empty = accounts.count_accounts(s) == 0

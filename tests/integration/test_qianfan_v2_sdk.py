@@ -120,6 +120,7 @@ def test_lora_sft_task_runs_to_done_with_rising_progress_and_checkpoints(qianfan
     steps = [c["step"] for c in done["checkpointList"]]
     assert steps and steps == sorted(steps) and len(steps) >= 2
     assert done["finishTime"] != "0000-00-00T00:00:00Z" and "runProgress" not in done
+    assert done["vdlLink"].endswith("/console/runs/" + task_id.removeprefix("task-"))
 
 
 def test_full_finetuning_on_prompt_response_data_runs_to_done(qianfan: Any, upload: Any) -> None:

@@ -21,3 +21,8 @@ class AppContext:
 def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+def run_page_url(public_url: str, run_key: str) -> str:
+    """The console's page for a run: the training-visualisation link every dialect hands out."""
+    return f"{public_url.rstrip('/')}/console/runs/{run_key}"

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 from sqlalchemy.orm import Session
 
-from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v1_error
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
@@ -103,7 +103,7 @@ def _model_name(s: Session, *candidates: str | None) -> str | None:
     return None
 
 
-def create_task(s: Session, account: int, body: dict[str, Any]) -> Any:
+def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
     b = CreateTaskBody.model_validate(body)
     model = _model_name(s, b.trainType, b.baseTrainType)
     job = job_svc.create_job(s, account, b.name, b.description, model)
@@ -128,7 +128,7 @@ def _file(s: Session, account: int, ref: int | str) -> File:
         raise InvalidParameter("trainset", f"unknown dataset {ref!r}") from None
 
 
-def create_job(s: Session, account: int, body: dict[str, Any]) -> Any:
+def create_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
     b = CreateJobBody.model_validate(body)
     job = job_svc.get_job(s, account, int_id=b.taskId)
     model = _model_name(s, b.trainType, b.baseTrainType)
@@ -156,7 +156,7 @@ def _run(s: Session, account: int, ref: JobRef) -> Run:
     return run
 
 
-def job_detail(s: Session, account: int, body: dict[str, Any]) -> Any:
+def job_detail(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
     run = _run(s, account, JobRef.model_validate(body))
     job = run_svc.job_of(s, run)
     now = utcnow()
@@ -180,24 +180,24 @@ def job_detail(s: Session, account: int, body: dict[str, Any]) -> Any:
         "trainTime": int(((finished or now) - started).total_seconds()) if started else 0,
         "startTime": v1_time(started),
         "finishTime": v1_time(finished),
-        "vdlLink": "",
+        "vdlLink": run_page_url(ctx.settings.public_url, run.key),
         **({"errorMessage": run.error} if run.state == RunState.FAILED and run.error else {}),
     }
 
 
-def stop_job(s: Session, account: int, body: dict[str, Any]) -> Any:
+def stop_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
     return run_svc.request_stop(s, _run(s, account, JobRef.model_validate(body)))
 
 
 def _call(
     ctx: AppContext,
-    handler: Callable[[Session, int, dict[str, Any]], Any],
+    handler: Callable[[Session, AppContext, int, dict[str, Any]], Any],
     account: int,
     body: dict[str, Any],
 ) -> JSONResponse:
     try:
         with ctx.db.session() as s:
-            result = handler(s, account, body)
+            result = handler(s, ctx, account, body)
     except ValidationError as e:
         err = e.errors()[0]
         return qianfan_v1_error(
@@ -217,7 +217,7 @@ def _call(
     return JSONResponse({"log_id": str(utcnow().timestamp()).replace(".", ""), "result": result})
 
 
-def _endpoint(handler: Callable[[Session, int, dict[str, Any]], Any]) -> Callable[..., Any]:
+def _endpoint(handler: Callable[[Session, AppContext, int, dict[str, Any]], Any]) -> Callable[..., Any]:
     async def endpoint(
         request: Request, ctx: AppContext = Depends(get_ctx), account: int = Depends(qianfan_account)
     ) -> JSONResponse:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from sqlalchemy.orm import Session
 
-from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v2_error, request_id
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
@@ -134,7 +134,7 @@ def render_job(job: Job) -> dict[str, Any]:
     }
 
 
-def render_task(s: Session, run: Run) -> dict[str, Any]:
+def render_task(s: Session, run: Run, public_url: str) -> dict[str, Any]:
     job = run_svc.job_of(s, run)
     status = V2_STATUS[RunState(run.state)]
     out: dict[str, Any] = {
@@ -146,7 +146,7 @@ def render_task(s: Session, run: Run) -> dict[str, Any]:
         "trainMode": TRAIN_MODE_OUT[run.train_mode],
         "parameterScale": SCALE_OUT[run.parameter_scale],
         "runStatus": status,
-        "vdlLink": "",
+        "vdlLink": run_page_url(public_url, run.key),
         "createTime": v2_time(run.created_at),
         "finishTime": v2_time(run.finished_at),
         "hyperParameterConfig": {HP_OUT.get(k, k): v for k, v in run.hyperparameters.items()},
@@ -276,7 +276,7 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
 
 
 def describe_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
-    return render_task(s, _run(s, account, TaskIdBody.model_validate(body).taskId))
+    return render_task(s, _run(s, account, TaskIdBody.model_validate(body).taskId), ctx.settings.public_url)
 
 
 def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
@@ -284,7 +284,10 @@ def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, An
     job = _job(s, account, b.jobId)
     marker = (strip_prefix(b.marker, TASK) or b.marker) if b.marker else ""
     page = marker_page(s, run_svc.runs_query(account, job.id), Run, marker, b.maxKeys, b.pageReverse)
-    return {"taskList": [render_task(s, r) for r in page.items], "pageInfo": _page_info(page, TASK)}
+    return {
+        "taskList": [render_task(s, r, ctx.settings.public_url) for r in page.items],
+        "pageInfo": _page_info(page, TASK),
+    }
 
 
 def stop_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
