@@ -92,3 +92,8 @@ def test_the_cli_shows_help_without_a_database() -> None:
         [sys.executable, "-m", "tunehouse", "--help"], capture_output=True, text=True, check=True
     )
     assert "serve" in out.stdout and "keys" in out.stdout and "models" in out.stdout
+
+
+def test_metrics_report_runs_by_state(server: LiveServer) -> None:
+    text = httpx.get(server.url + "/metrics").text
+    assert 'tunehouse_runs{state="queued"}' in text and 'tunehouse_runs{state="succeeded"}' in text

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
 from tunehouse.api.bce_auth import AuthFailure
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
+from tunehouse.api.metrics import RunStateCollector
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = open_context(settings)
         app.state.ctx = ctx
+        app.state.metrics = CollectorRegistry()
+        app.state.metrics.register(RunStateCollector(ctx.db))
         scheduler = Scheduler(ctx.db, settings, LocalExecutor()) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
@@ -78,6 +81,6 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(generate_latest(app.state.metrics).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
