@@ -101,3 +101,35 @@ def get_account(s: Session, account_id: int) -> Account:
     if acc is None:
         raise NotFound("account", account_id)
     return acc
+
+
+def find_api_key_credential(s: Session, api_key: str) -> Credential | None:
+    """The active credential behind a bearer key (the console binds its sessions to it)."""
+    return s.scalar(
+        select(Credential).where(
+            Credential.kind == "api_key",
+            Credential.lookup == hash_api_key(api_key),
+            Credential.revoked_at.is_(None),
+        )
+    )
+
+
+def list_credentials(s: Session, account_id: int) -> list[Credential]:
+    q = select(Credential).where(Credential.account_id == account_id).order_by(Credential.id)
+    return list(s.scalars(q))
+
+
+def get_credential(s: Session, account_id: int, credential_id: int) -> Credential:
+    cred = s.scalar(
+        select(Credential).where(Credential.account_id == account_id, Credential.id == credential_id)
+    )
+    if cred is None:
+        raise NotFound("credential", credential_id)
+    return cred
+
+
+def revoke_credential(s: Session, cred: Credential) -> None:
+    """Idempotent: the first revocation time is kept."""
+    if cred.revoked_at is None:
+        cred.revoked_at = utcnow()
+        s.flush()

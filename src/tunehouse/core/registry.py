@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import InvalidParameter
+from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.store.models import Account, Model
 
 
@@ -116,3 +116,15 @@ def all_models(s: Session) -> list[tuple[Model, str | None]]:
         .order_by(Model.account_id.is_not(None), Model.id)
     )
     return [(m, name) for m, name in rows]
+
+
+def get_model(s: Session, account_id: int, model_id: int) -> Model:
+    """A base model or one of the account's own outputs, by id (e.g. a run's output_model_id)."""
+    row = s.scalar(
+        select(Model).where(
+            Model.id == model_id, or_(Model.account_id.is_(None), Model.account_id == account_id)
+        )
+    )
+    if row is None:
+        raise NotFound("model", model_id)
+    return row
