@@ -29,5 +29,6 @@ lint: install-test
 
 test: install-test
 	scripts/ensure-postgres
+	scripts/ensure-chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q

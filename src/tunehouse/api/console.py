@@ -1,5 +1,831 @@
-"""Placeholder router; the console dialect is being built."""
+"""The web console under /console: server-rendered pages over the same core as the APIs.
 
-from fastapi import APIRouter
+Every page and action is scoped to the signed-in account through the core's account-filtered queries;
+forms post back with a CSRF token; a run page follows its run live over server-sent events.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, or_, select
+from starlette.datastructures import UploadFile
+
+from tunehouse.api import console_views as views
+from tunehouse.api.console_auth import (
+    ConsoleSession,
+    check_csrf,
+    load_session,
+    login_redirect,
+    safe_next,
+    save_session,
+    sign_in,
+)
+from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.core import accounts, registry
+from tunehouse.core import files as file_svc
+from tunehouse.core import jobs as job_svc
+from tunehouse.core import runs as run_svc
+from tunehouse.core.catalog import METHODS, TRAIN_MODES
+from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound
+from tunehouse.core.events import events_page
+from tunehouse.core.states import TERMINAL, RunState
+from tunehouse.store.models import Job, Model, Run
+from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
+
+router = APIRouter(include_in_schema=False)
+
+HERE = Path(__file__).parent
+STATIC_DIR = (HERE / "console_static").resolve()
+templates = Jinja2Templates(directory=str(HERE / "console_templates"))
+templates.env.filters.update(
+    when=views.fmt_time, num=views.fmt_num, size=views.fmt_bytes, duration=views.fmt_duration
+)
+
+JOBS_PAGE_SIZE = 20
+STREAM_POLL_S = 0.5
+STREAM_BATCH = 500
+KEEPALIVE_S = 15.0
+MODE_LABELS = {"sft": "SFT (supervised)", "pretrain": "Continued pre-training", "dpo": "DPO (preferences)"}
+METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA"}
+# Fixed notices after a redirect: the query string names one, it never carries text of its own.
+NOTICES = {
+    "job-created": "Job created.",
+    "stop": "Stop requested: the run saves a checkpoint and ends.",
+    "pause": "Pause requested: the run saves a checkpoint and frees its slot.",
+    "resume": "Run queued again; it continues from its last checkpoint.",
+    "uploaded": "File uploaded and validated.",
+    "file-deleted": "File deleted.",
+    "revoked": "Key revoked.",
+    "signed-out": "Signed out.",
+}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+# ---- sessions and rendering ------------------------------------------------------------------------
+
+
+def current_session(request: Request, ctx: AppContext = Depends(get_ctx)) -> ConsoleSession:
+    return load_session(request, ctx)
+
+
+def signed_in(request: Request, session: ConsoleSession = Depends(current_session)) -> ConsoleSession:
+    if not session.signed_in:
+        if request.method == "GET":
+            raise login_redirect(request)
+        raise HTTPException(status_code=303, headers={"Location": "/console/login"})
+    return session
+
+
+async def form_post(request: Request, session: ConsoleSession = Depends(signed_in)) -> ConsoleSession:
+    await check_csrf(request, session)
+    return session
+
+
+def _secure(
+    resp: Response, session: ConsoleSession | None = None, request: Request | None = None
+) -> Response:
+    resp.headers["Content-Security-Policy"] = CSP
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "same-origin"
+    resp.headers.setdefault("Cache-Control", "no-store")
+    if session is not None and request is not None and session.fresh:
+        save_session(request, resp, session)
+    return resp
+
+
+def page(request: Request, session: ConsoleSession, name: str, status: int = 200, **context: Any) -> Response:
+    notice = NOTICES.get(request.query_params.get("done", ""))
+    resp = templates.TemplateResponse(
+        request,
+        name,
+        {"session": session, "notice": notice, "path": request.url.path, **context},
+        status_code=status,
+    )
+    return _secure(resp, session, request)
+
+
+def redirect(url: str, session: ConsoleSession | None = None, request: Request | None = None) -> Response:
+    return _secure(RedirectResponse(url, status_code=303), session, request)
+
+
+def not_found(request: Request, session: ConsoleSession, what: str) -> Response:
+    return page(request, session, "error.html", status=404, title="Not found", message=f"No such {what}.")
+
+
+def _account(session: ConsoleSession) -> int:
+    assert session.account_id is not None
+    return session.account_id
+
+
+# ---- entry points ----------------------------------------------------------------------------------
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=307)
+
+
+@router.get("/console")
+def console_home(session: ConsoleSession = Depends(current_session)) -> Response:
+    return redirect("/console/jobs" if session.signed_in else "/console/login")
+
+
+@router.get("/console/login")
+def login_page(
+    request: Request, next: str = "", session: ConsoleSession = Depends(current_session)
+) -> Response:
+    if session.signed_in:
+        return redirect(safe_next(next))
+    # The anonymous session carries the token the sign-in form posts back.
+    session.fresh = True
+    return page(request, session, "login.html", title="Sign in", next=safe_next(next), error="")
+
+
+@router.post("/console/login")
+async def login(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(current_session)
+) -> Response:
+    await check_csrf(request, session)
+    form = await request.form()
+    api_key = str(form.get("api_key") or "")
+    target = safe_next(str(form.get("next") or ""))
+    fresh = await run_in_threadpool(sign_in, api_key, ctx) if api_key else None
+    if fresh is None:
+        session.fresh = True
+        return page(
+            request,
+            session,
+            "login.html",
+            status=401,
+            title="Sign in",
+            next=target,
+            error="That API key is not valid (or has been revoked).",
+        )
+    return redirect(target, fresh, request)
+
+
+@router.post("/console/logout")
+def logout(request: Request, session: ConsoleSession = Depends(form_post)) -> Response:
+    anonymous = ConsoleSession(csrf=session.csrf, fresh=True)
+    return redirect("/console/login?done=signed-out", anonymous, request)
+
+
+@router.get("/console/static/{name:path}")
+def static(name: str) -> Response:
+    path = (STATIC_DIR / name).resolve()
+    if not path.is_file() or STATIC_DIR not in path.parents:
+        raise HTTPException(status_code=404)
+    media = {".js": "text/javascript", ".css": "text/css"}.get(path.suffix, "application/octet-stream")
+    resp = FileResponse(path, media_type=media)
+    resp.headers["Cache-Control"] = "public, max-age=3600"
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp
+
+
+# ---- jobs ------------------------------------------------------------------------------------------
+
+
+def _like(term: str) -> str:
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@router.get("/console/jobs")
+def jobs_page(
+    request: Request,
+    q: str = "",
+    page_no: int = Query(1, alias="page"),
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    account = _account(session)
+    term = q.strip()[:100]
+    with ctx.db.session() as s:
+        query = job_svc.jobs_query(account)
+        if term:
+            like = _like(term)
+            query = query.where(
+                or_(
+                    Job.name.ilike(like, escape="\\"),
+                    Job.description.ilike(like, escape="\\"),
+                    Job.base_model.ilike(like, escape="\\"),
+                    Job.key == term.lower(),
+                )
+            )
+        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+        pages = max(1, math.ceil(total / JOBS_PAGE_SIZE))
+        page_no = min(max(1, page_no), pages)
+        jobs = list(
+            s.scalars(
+                query.order_by(Job.id.desc()).offset((page_no - 1) * JOBS_PAGE_SIZE).limit(JOBS_PAGE_SIZE)
+            )
+        )
+        runs = list(
+            s.scalars(
+                run_svc.runs_query(account).where(Run.job_id.in_([j.id for j in jobs])).order_by(Run.id)
+            )
+        )
+    latest: dict[int, Run] = {}
+    counts: dict[int, int] = {}
+    for r in runs:
+        latest[r.job_id] = r
+        counts[r.job_id] = counts.get(r.job_id, 0) + 1
+    rows = [{"job": j, "runs": counts.get(j.id, 0), "latest": latest.get(j.id)} for j in jobs]
+    return page(
+        request,
+        session,
+        "jobs.html",
+        title="Jobs",
+        rows=rows,
+        q=term,
+        page_no=page_no,
+        pages=pages,
+        total=total,
+        form={"name": "", "description": ""},
+        errors={},
+    )
+
+
+@router.post("/console/jobs")
+async def create_job(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
+) -> Response:
+    form = await request.form()
+    name = str(form.get("name") or "").strip()
+    description = str(form.get("description") or "").strip()
+
+    def work() -> str:
+        with ctx.db.session() as s:
+            return job_svc.create_job(s, _account(session), name, description).key
+
+    try:
+        key = await run_in_threadpool(work)
+    except InvalidParameter as e:
+        return page(
+            request,
+            session,
+            "jobs.html",
+            status=400,
+            title="Jobs",
+            rows=[],
+            q="",
+            page_no=1,
+            pages=1,
+            total=0,
+            form={"name": name, "description": description},
+            errors={e.field: e.message},
+        )
+    return redirect(f"/console/jobs/{key}?done=job-created")
+
+
+@router.get("/console/jobs/{job_key}")
+def job_page(
+    request: Request,
+    job_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    account = _account(session)
+    with ctx.db.session() as s:
+        try:
+            job = job_svc.get_job(s, account, key=job_key)
+        except NotFound:
+            return not_found(request, session, "job")
+        runs = list(s.scalars(run_svc.runs_query(account, job.id).order_by(Run.id.desc())))
+    return page(request, session, "job.html", title=f"Job {job.name}", job=job, runs=runs)
+
+
+# ---- new run ---------------------------------------------------------------------------------------
+
+
+def _run_form_context(s: Any, account: int, job: Job, values: dict[str, Any]) -> dict[str, Any]:
+    models = registry.visible_models(s, account)
+    names = {m.name: (m.base_model or m.name) if m.kind != "base" else m.name for m in models}
+    files = [
+        f for f in file_svc.list_files(s, account) if f.purpose in file_svc.PURPOSES and f.deleted_at is None
+    ]
+    model = values.get("model") or job.base_model or (models[0].name if models else "")
+    mode = values.get("train_mode") or job.train_mode or "sft"
+    method = values.get("method") or job.parameter_scale or "lora"
+    spec = views.capabilities_spec(names)
+    current = spec.get(model, {}).get(mode, {}).get(method, [])
+    return {
+        "job": job,
+        "base_models": [m for m in models if m.kind == "base"],
+        "tuned_models": [m for m in models if m.kind != "base"],
+        "files": list(reversed(files)),
+        "spec": spec,
+        "params": current,
+        "modes": TRAIN_MODES,
+        "methods": METHODS,
+        "mode_labels": MODE_LABELS,
+        "method_labels": METHOD_LABELS,
+        "values": {
+            "model": model,
+            "train_mode": mode,
+            "method": method,
+            "split_ratio": values.get("split_ratio", "0"),
+            "output_name": values.get("output_name", ""),
+            "datasets": set(values.get("datasets", [])),
+            "validation": set(values.get("validation", [])),
+            "hp": values.get("hp", {}),
+        },
+        "hp_step": views.hp_step,
+    }
+
+
+@router.get("/console/jobs/{job_key}/runs/new")
+def new_run_page(
+    request: Request,
+    job_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    with ctx.db.session() as s:
+        try:
+            job = job_svc.get_job(s, _account(session), key=job_key)
+        except NotFound:
+            return not_found(request, session, "job")
+        context = _run_form_context(s, _account(session), job, {})
+    return page(request, session, "run_new.html", title="New run", errors={}, upload_reports=[], **context)
+
+
+def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
+    """The validator's verdict on an upload, line by line, without storing anything."""
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        report = validate_dataset(Path(tmp.name), max_errors=50)
+    modes = []
+    for mode in TRAIN_MODES:
+        try:
+            if report.format in formats_for_train_mode(mode):
+                modes.append(mode)
+        except ValueError:
+            continue  # a mode the data layer cannot feed yet
+    return {
+        "filename": filename,
+        "ok": report.ok,
+        "format": report.format,
+        "rows": report.rows,
+        "errors": [{"line": e.line, "field": e.field, "message": e.message} for e in report.errors],
+        "more_errors": report.more_errors,
+        "train_modes": modes,
+    }
+
+
+async def _uploads(form: Any, field: str) -> list[tuple[str, bytes]]:
+    out = []
+    for item in form.getlist(field):
+        if isinstance(item, UploadFile) and item.filename:
+            out.append((item.filename, await item.read()))
+    return out
+
+
+@router.post("/console/files/validate")
+async def validate_upload(request: Request, session: ConsoleSession = Depends(form_post)) -> Response:
+    form = await request.form()
+    files = await _uploads(form, "file")
+    if not files:
+        return _secure(JSONResponse({"error": "no file given"}, status_code=400))
+    reports = [await run_in_threadpool(_validate_bytes, name, data) for name, data in files]
+    return _secure(JSONResponse({"files": reports}))
+
+
+def _store_uploads(ctx: AppContext, account: int, uploads: list[tuple[str, bytes]]) -> tuple[list[str], list]:
+    """Valid files are stored (each in its own transaction: a later failure keeps them for reuse)."""
+    keys: list[str] = []
+    reports: list[dict[str, Any]] = []
+    for name, data in uploads:
+        report = _validate_bytes(name, data)
+        if not report["ok"]:
+            reports.append(report)
+            continue
+        with ctx.db.session() as s:
+            keys.append(file_svc.upload_file(s, ctx.settings.files_dir, account, name, data, "fine-tune").key)
+    return keys, reports
+
+
+@router.post("/console/jobs/{job_key}/runs")
+async def create_run(
+    request: Request,
+    job_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(form_post),
+) -> Response:
+    account = _account(session)
+    form = await request.form()
+    text = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    hp, hp_errors = views.parse_hyperparameters(text)
+    values: dict[str, Any] = {
+        "model": text.get("model", ""),
+        "train_mode": text.get("train_mode", ""),
+        "method": text.get("method", ""),
+        "split_ratio": text.get("split_ratio", "0"),
+        "output_name": text.get("output_name", "").strip(),
+        "datasets": [v for v in form.getlist("datasets") if isinstance(v, str)],
+        "validation": [v for v in form.getlist("validation") if isinstance(v, str)],
+        "hp": {k[3:]: v for k, v in text.items() if k.startswith("hp.")},
+    }
+    uploads = await _uploads(form, "upload")
+    validation_uploads = await _uploads(form, "validation_upload")
+
+    def work() -> Response:
+        errors: dict[str, str] = {k: v for k, v in hp_errors.items()}
+        new_train, bad_train = _store_uploads(ctx, account, uploads)
+        new_val, bad_val = _store_uploads(ctx, account, validation_uploads)
+        values["datasets"] = values["datasets"] + new_train
+        values["validation"] = values["validation"] + new_val
+        reports = bad_train + bad_val
+        if reports:
+            errors["upload"] = "Some uploaded files have errors; fix them and upload again."
+        with ctx.db.session() as s:
+            try:
+                job = job_svc.get_job(s, account, key=job_key)
+            except NotFound:
+                return not_found(request, session, "job")
+            if not errors:
+                try:
+                    key = _create_run(s, account, job, values, hp)
+                    return redirect(f"/console/runs/{key}")
+                except (InvalidParameter, Conflict, NotFound) as e:
+                    s.rollback()
+                    errors[getattr(e, "field", "form")] = e.message
+                except ValueError as e:  # e.g. a train mode the data layer does not support yet
+                    s.rollback()
+                    errors["train_mode"] = str(e)
+            context = _run_form_context(s, account, job, values)
+        return page(
+            request,
+            session,
+            "run_new.html",
+            status=400,
+            title="New run",
+            errors=errors,
+            upload_reports=reports,
+            **context,
+        )
+
+    return await run_in_threadpool(work)
+
+
+def _create_run(s: Any, account: int, job: Job, values: dict[str, Any], hp: dict[str, Any]) -> str:
+    try:
+        split = int(values["split_ratio"] or 0)
+    except ValueError:
+        raise InvalidParameter("split_ratio", "must be a whole number of percent") from None
+    datasets = [run_svc.DatasetChoice(file_svc.get_file(s, account, key=k)) for k in values["datasets"]]
+    validation = [run_svc.DatasetChoice(file_svc.get_file(s, account, key=k)) for k in values["validation"]]
+    run = run_svc.create_run(
+        s,
+        job,
+        method=values["method"],
+        hyperparameters=hp,
+        datasets=datasets,
+        split_ratio=split,
+        model=values["model"] or None,
+        train_mode=values["train_mode"] or None,
+        validation=validation or None,
+        output_name=values["output_name"] or None,
+        extra={"created_by": "console"},
+    )
+    return run.key
+
+
+# ---- run page and its live stream ------------------------------------------------------------------
+
+
+def _all_events(s: Any, run: Run) -> list[Any]:
+    out: list[Any] = []
+    after = 0
+    while True:
+        batch = events_page(s, run, after_seq=after, limit=1000)
+        out.extend(batch)
+        if len(batch) < 1000:
+            return out
+        after = batch[-1].seq
+
+
+def _output(s: Any, account: int, run: Run) -> Model | None:
+    if run.output_model_id is None:
+        return None
+    try:
+        return registry.get_model(s, account, run.output_model_id)
+    except NotFound:
+        return None
+
+
+@router.get("/console/runs/{run_key}")
+def run_page(
+    request: Request,
+    run_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    account = _account(session)
+    with ctx.db.session() as s:
+        try:
+            run = run_svc.get_run(s, account, key=run_key)
+        except NotFound:
+            return not_found(request, session, "run")
+        job = run_svc.job_of(s, run)
+        events = _all_events(s, run)
+        checkpoints = [views.checkpoint_row(c) for c in run_svc.checkpoints(s, run)]
+        output = _output(s, account, run)
+        snapshot = views.run_snapshot(run, output)
+        files = {f.id: f for f in file_svc.list_files(s, account)}
+    points = [p for p in (views.chart_point(e) for e in events) if p is not None]
+    log = [views.log_item(e) for e in events if e.type not in views.CHART_TYPES]
+    data = {
+        "key": run.key,
+        "last_seq": events[-1].seq if events else 0,
+        "points": points,
+        "snapshot": snapshot,
+        "stream": f"/console/runs/{run.key}/stream",
+    }
+    dataset_files = [files.get(i) for i in (run.dataset or {}).get("files", [])]
+    validation_files = [files.get(i) for i in (run.dataset or {}).get("validation_files", [])]
+    result_files = (run.extra or {}).get("result_files") or []
+    return page(
+        request,
+        session,
+        "run.html",
+        title=f"Run {run.key}",
+        run=run,
+        job=job,
+        snap=snapshot,
+        checkpoints=checkpoints,
+        log=log[-300:],
+        log_hidden=max(0, len(log) - 300),
+        data=data,
+        dataset_files=[f for f in dataset_files if f is not None],
+        validation_files=[f for f in validation_files if f is not None],
+        result_files=result_files if isinstance(result_files, list) else [],
+        mode_labels=MODE_LABELS,
+        method_labels=METHOD_LABELS,
+    )
+
+
+def _sse(event: str, data: Any, ident: int | None = None) -> str:
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/console/runs/{run_key}/stream")
+async def run_stream(
+    request: Request,
+    run_key: str,
+    after: int = 0,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    """New events of the run as they are stored, and its headline numbers; ends once the run has ended."""
+    account = _account(session)
+    last_id = request.headers.get("last-event-id", "")
+    if last_id.isdigit():
+        # A reconnecting EventSource resumes after the last event it received.
+        after = max(after, int(last_id))
+
+    def poll(after_seq: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool] | None:
+        with ctx.db.session() as s:
+            try:
+                run = run_svc.get_run(s, account, key=run_key)
+            except NotFound:
+                return None
+            # State first, then events: every event stored before the run ended is in this batch or later.
+            terminal = RunState(run.state) in TERMINAL
+            batch = events_page(s, run, after_seq=after_seq, limit=STREAM_BATCH)
+            snapshot = views.run_snapshot(run, _output(s, account, run))
+            checkpoints = [views.checkpoint_row(c) for c in run_svc.checkpoints(s, run)]
+        snapshot["checkpoints"] = checkpoints
+        return snapshot, [views.client_event(e) for e in batch], terminal and len(batch) < STREAM_BATCH
+
+    first = await run_in_threadpool(poll, after)
+    if first is None:
+        raise HTTPException(status_code=404, detail="no such run")
+
+    async def gen() -> Any:
+        seq = after
+        shown: dict[str, Any] | None = None
+        result: tuple[dict[str, Any], list[dict[str, Any]], bool] | None = first
+        quiet = 0.0
+        yield "retry: 2000\n\n"
+        while result is not None:
+            snapshot, batch, done = result
+            for ev in batch:
+                seq = ev["seq"]
+                yield _sse("event", ev, seq)
+            if snapshot != shown:
+                shown = snapshot
+                yield _sse("run", snapshot)
+            if done:
+                yield _sse("end", {"state": snapshot["state"]})
+                return
+            if batch:
+                quiet = 0.0
+            else:
+                quiet += STREAM_POLL_S
+                if quiet >= KEEPALIVE_S:
+                    quiet = 0.0
+                    yield ": keepalive\n\n"
+                await asyncio.sleep(STREAM_POLL_S)
+            if await request.is_disconnected():
+                return
+            result = await run_in_threadpool(poll, seq)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(gen(), media_type="text/event-stream", headers=headers)
+
+
+@router.post("/console/runs/{run_key}/{action}")
+def run_action(
+    request: Request,
+    run_key: str,
+    action: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(form_post),
+) -> Response:
+    if action not in ("stop", "pause", "resume"):
+        return not_found(request, session, "action")
+    with ctx.db.session() as s:
+        try:
+            run = run_svc.get_run(s, _account(session), key=run_key)
+            if action == "stop":
+                run_svc.request_stop(s, run)
+            elif action == "pause":
+                run_svc.request_pause(s, run)
+            else:
+                run_svc.resume(s, run)
+        except NotFound:
+            return not_found(request, session, "run")
+        except Conflict as e:
+            s.rollback()
+            return page(
+                request, session, "error.html", status=409, title="Not possible now", message=e.message
+            )
+    return redirect(f"/console/runs/{run_key}?done={action}")
+
+
+# ---- models, files, keys ---------------------------------------------------------------------------
+
+
+@router.get("/console/models")
+def models_page(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(signed_in)
+) -> Response:
+    account = _account(session)
+    with ctx.db.session() as s:
+        models = registry.visible_models(s, account)
+        runs = {r.id: r for r in s.scalars(run_svc.runs_query(account))}
+    own = {m.name: m for m in models if m.account_id is not None}
+    rows = [{"model": m, "lineage": views.lineage(m, runs, own)} for m in models]
+    return page(
+        request,
+        session,
+        "models.html",
+        title="Models",
+        base=[r for r in rows if r["model"].kind == "base"],
+        tuned=[r for r in rows if r["model"].kind != "base"],
+        runs=runs,
+    )
+
+
+def _files_page(
+    request: Request,
+    ctx: AppContext,
+    session: ConsoleSession,
+    status: int = 200,
+    reports: list[dict[str, Any]] | None = None,
+    error: str = "",
+) -> Response:
+    with ctx.db.session() as s:
+        files = list(reversed(file_svc.list_files(s, _account(session))))
+    return page(
+        request,
+        session,
+        "files.html",
+        status=status,
+        title="Files",
+        files=files,
+        reports=reports or [],
+        error=error,
+    )
+
+
+@router.get("/console/files")
+def files_page(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(signed_in)
+) -> Response:
+    return _files_page(request, ctx, session)
+
+
+@router.post("/console/files")
+async def upload_files(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
+) -> Response:
+    form = await request.form()
+    uploads = await _uploads(form, "file")
+    if not uploads:
+        return _files_page(request, ctx, session, status=400, error="Choose a file to upload.")
+    try:
+        _, bad = await run_in_threadpool(_store_uploads, ctx, _account(session), uploads)
+    except DomainError as e:
+        return _files_page(request, ctx, session, status=400, error=e.message)
+    if bad:
+        return _files_page(request, ctx, session, status=400, reports=bad)
+    return redirect("/console/files?done=uploaded")
+
+
+@router.get("/console/files/{file_key}/content")
+def file_content(
+    request: Request,
+    file_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(signed_in),
+) -> Response:
+    with ctx.db.session() as s:
+        try:
+            f = file_svc.get_file(s, _account(session), key=file_key)
+        except NotFound:
+            return not_found(request, session, "file")
+    media = "text/csv" if f.format == "csv" else "application/jsonl"
+    return _secure(FileResponse(f.path, media_type=media, filename=f.filename))
+
+
+@router.post("/console/files/{file_key}/delete")
+def delete_file(
+    request: Request,
+    file_key: str,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(form_post),
+) -> Response:
+    with ctx.db.session() as s:
+        try:
+            file_svc.delete_file(s, file_svc.get_file(s, _account(session), key=file_key))
+        except NotFound:
+            return not_found(request, session, "file")
+    return redirect("/console/files?done=file-deleted")
+
+
+def _keys_page(
+    request: Request, ctx: AppContext, session: ConsoleSession, issued: Any = None, error: str = ""
+) -> Response:
+    with ctx.db.session() as s:
+        creds = list(reversed(accounts.list_credentials(s, _account(session))))
+    return page(request, session, "keys.html", title="API keys", creds=creds, issued=issued, error=error)
+
+
+@router.get("/console/keys")
+def keys_page(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(signed_in)
+) -> Response:
+    return _keys_page(request, ctx, session)
+
+
+@router.post("/console/keys")
+async def create_key(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
+) -> Response:
+    form = await request.form()
+    label = str(form.get("label") or "").strip()
+    if len(label) > 32:
+        return _keys_page(request, ctx, session, error="Labels are at most 32 characters.")
+
+    def work() -> accounts.IssuedKeys:
+        with ctx.db.session() as s:
+            acc = accounts.get_account(s, _account(session))
+            return accounts.issue_keys(s, ctx.box, acc, label=label)
+
+    issued = await run_in_threadpool(work)
+    # Shown once, in this response only: the secrets are never stored in a readable form or a URL.
+    return _keys_page(request, ctx, session, issued=issued)
+
+
+@router.post("/console/keys/{credential_id}/revoke")
+def revoke_key(
+    request: Request,
+    credential_id: int,
+    ctx: AppContext = Depends(get_ctx),
+    session: ConsoleSession = Depends(form_post),
+) -> Response:
+    with ctx.db.session() as s:
+        try:
+            accounts.revoke_credential(s, accounts.get_credential(s, _account(session), credential_id))
+        except NotFound:
+            return not_found(request, session, "key")
+    if credential_id == session.credential_id:
+        return redirect("/console/login?done=signed-out")
+    return redirect("/console/keys?done=revoked")
