@@ -179,13 +179,13 @@ def test_a_request_without_a_bearer_token_is_401_in_json(server: LiveServer) -> 
 def test_create_answers_a_pending_job_echoing_only_the_declared_settings(ds: Any, tmp_path: Path) -> None:
     file_id = upload(ds, tmp_path)
     hp = {**LONG, "learning_rate": "1e-3", "max_length": 200, "warmup_ratio": 0.1, "my_knob": "x"}
-    job = create(ds, file_id, hp, finetuned_output=f"echo-{tmp_path.name[-8:]}")
+    job = create(ds, file_id, hp, validation_file_ids=file_id, finetuned_output=f"echo-{tmp_path.name[-8:]}")
     try:
         assert JOB_ID.match(job["job_id"]) and job["job_name"] == job["job_id"]
         assert job["status"] == "PENDING" and job["training_type"] == "efficient_sft"
         assert job["hyper_parameters"] == hp
         assert job["model"] == job["base_model"] == "tunehouse-tiny"
-        assert job["training_file_ids"] == [file_id] and job["validation_file_ids"] == []
+        assert job["training_file_ids"] == [file_id] and job["validation_file_ids"] == [file_id]
         assert job["group"] == "llm" and job["creator"] == "alice"
         assert not {"code", "message", "end_time", "finetuned_output", "usage"} & set(job)
     finally:
@@ -348,6 +348,9 @@ def test_list_pages_newest_first_with_total(ds: Any, server: LiveServer, tmp_pat
     second = ds.FineTunes.list(page_no=2, page_size=2, api_key=key).output
     assert [j["job_id"] for j in second["jobs"]] == ids[:1] and second["total"] == 3
     assert ds.FineTunes.list(page_no=3, page_size=2, api_key=key).output["jobs"] == []
+    # The SDKs do not send the model filter; the spec's query parameter still works.
+    assert raw(server, "GET", "/fine-tunes?model=tunehouse-tiny", key).json()["output"]["total"] == 3
+    assert raw(server, "GET", "/fine-tunes?model=other-model", key).json()["output"]["total"] == 0
 
 
 @pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_no=0", "page_no=x"])

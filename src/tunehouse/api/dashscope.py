@@ -486,6 +486,8 @@ def create_fine_tune(s: Session, caller: Caller, body: dict[str, Any]) -> dict[s
     if not isinstance(hyper, dict):
         raise ApiError(400, "InvalidParameter", "hyper_parameters must be an object")
     job_name = _optional_str(body, "job_name")
+    if job_name is not None and len(job_name) > 128:
+        raise ApiError(400, "InvalidParameter", "job_name: at most 128 characters")
     target = resolve_model(s, caller.account_id, model)
     params = catalog.capabilities(target.base.name).params_for(train_mode, method)
     seq_choices = next(p.check_value for p in params if p.key == "max_seq_len")
