@@ -48,7 +48,11 @@ HERE = Path(__file__).parent
 STATIC_DIR = (HERE / "console_static").resolve()
 templates = Jinja2Templates(directory=str(HERE / "console_templates"))
 templates.env.filters.update(
-    when=views.fmt_time, num=views.fmt_num, size=views.fmt_bytes, duration=views.fmt_duration
+    when=views.fmt_time,
+    num=views.fmt_num,
+    plain=views.plain,
+    size=views.fmt_bytes,
+    duration=views.fmt_duration,
 )
 
 JOBS_PAGE_SIZE = 20
@@ -452,21 +456,25 @@ async def create_run(
         reports = bad_train + bad_val
         if reports:
             errors["upload"] = "Some uploaded files have errors; fix them and upload again."
+        if not errors:
+            # A failed creation leaves its transaction rolled back; the form is re-rendered from a fresh one.
+            try:
+                with ctx.db.session() as s:
+                    job = job_svc.get_job(s, account, key=job_key)
+                    return redirect(f"/console/runs/{_create_run(s, account, job, values, hp)}")
+            except NotFound as e:
+                if e.resource == "job":
+                    return not_found(request, session, "job")
+                errors["datasets"] = e.message
+            except (InvalidParameter, Conflict) as e:
+                errors[getattr(e, "field", "form")] = e.message
+            except ValueError as e:  # e.g. a train mode the data layer does not support yet
+                errors["train_mode"] = str(e)
         with ctx.db.session() as s:
             try:
                 job = job_svc.get_job(s, account, key=job_key)
             except NotFound:
                 return not_found(request, session, "job")
-            if not errors:
-                try:
-                    key = _create_run(s, account, job, values, hp)
-                    return redirect(f"/console/runs/{key}")
-                except (InvalidParameter, Conflict, NotFound) as e:
-                    s.rollback()
-                    errors[getattr(e, "field", "form")] = e.message
-                except ValueError as e:  # e.g. a train mode the data layer does not support yet
-                    s.rollback()
-                    errors["train_mode"] = str(e)
             context = _run_form_context(s, account, job, values)
         return page(
             request,
@@ -660,8 +668,8 @@ def run_action(
 ) -> Response:
     if action not in ("stop", "pause", "resume"):
         return not_found(request, session, "action")
-    with ctx.db.session() as s:
-        try:
+    try:
+        with ctx.db.session() as s:
             run = run_svc.get_run(s, _account(session), key=run_key)
             if action == "stop":
                 run_svc.request_stop(s, run)
@@ -669,13 +677,10 @@ def run_action(
                 run_svc.request_pause(s, run)
             else:
                 run_svc.resume(s, run)
-        except NotFound:
-            return not_found(request, session, "run")
-        except Conflict as e:
-            s.rollback()
-            return page(
-                request, session, "error.html", status=409, title="Not possible now", message=e.message
-            )
+    except NotFound:
+        return not_found(request, session, "run")
+    except Conflict as e:
+        return page(request, session, "error.html", status=409, title="Not possible now", message=e.message)
     return redirect(f"/console/runs/{run_key}?done={action}")
 
 

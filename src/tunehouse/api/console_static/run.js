@@ -32,6 +32,7 @@
 
   function fmt(v) {
     if (v === null || v === undefined) return "—";
+    if (v !== 0 && Math.abs(v) < 1e-2) return v.toExponential(2);
     return Math.abs(v) >= 1e5 ? Math.round(v).toLocaleString() : String(+v.toPrecision(4));
   }
 
@@ -44,7 +45,7 @@
       scales: { x: { time: false } },
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      axes: [{ label: "step", size: 36 }, { size: 60, values: function (u, vals) { return vals.map(fmt); } }],
+      axes: [{ label: "step", size: 36 }, { size: 66, values: function (u, vals) { return vals.map(fmt); } }],
       series: [{ label: "step" }].concat(chart.keys.map(function (k, i) {
         return {
           label: chart.names[i], stroke: chart.colors[i], width: 2, spanGaps: true,
