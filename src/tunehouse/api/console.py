@@ -215,6 +215,19 @@ def jobs_page(
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
+    return _jobs_page(request, ctx, session, q, page_no)
+
+
+def _jobs_page(
+    request: Request,
+    ctx: AppContext,
+    session: ConsoleSession,
+    q: str = "",
+    page_no: int = 1,
+    status: int = 200,
+    form: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+) -> Response:
     account = _account(session)
     term = q.strip()[:100]
     with ctx.db.session() as s:
@@ -252,14 +265,15 @@ def jobs_page(
         request,
         session,
         "jobs.html",
+        status=status,
         title="Jobs",
         rows=rows,
         q=term,
         page_no=page_no,
         pages=pages,
         total=total,
-        form={"name": "", "description": ""},
-        errors={},
+        form=form or {"name": "", "description": ""},
+        errors=errors or {},
     )
 
 
@@ -278,19 +292,10 @@ async def create_job(
     try:
         key = await run_in_threadpool(work)
     except InvalidParameter as e:
-        return page(
-            request,
-            session,
-            "jobs.html",
-            status=400,
-            title="Jobs",
-            rows=[],
-            q="",
-            page_no=1,
-            pages=1,
-            total=0,
-            form={"name": name, "description": description},
-            errors={e.field: e.message},
+        form_values = {"name": name, "description": description}
+        errors = {e.field: e.message}
+        return await run_in_threadpool(
+            _jobs_page, request, ctx, session, status=400, form=form_values, errors=errors
         )
     return redirect(f"/console/jobs/{key}?done=job-created")
 
