@@ -43,12 +43,14 @@ def jsonl(rows: list[Any]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
+def _no_postgres() -> str:
+    raise AssertionError("the console tests run on SQLite only")
+
+
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_pg_database: Callable[[], str]
-) -> Iterator[LiveServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LiveServer]:
     # One backend: the console only calls the core, whose queries the integration suite runs on both.
-    srv = start_server(tmp_path_factory.mktemp("console-srv"), "sqlite", tiny_model, make_pg_database)
+    srv = start_server(tmp_path_factory.mktemp("console-srv"), "sqlite", tiny_model, _no_postgres)
     yield srv
     srv.stop()
     kill_trainers(srv.home)
