@@ -42,6 +42,11 @@ def fmt_num(value: Any) -> str:
     return str(value)
 
 
+def plain(value: float) -> str:
+    """A number as a form value: no digit grouping, integers without a decimal point."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def fmt_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
