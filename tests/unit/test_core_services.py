@@ -448,3 +448,12 @@ def test_unknown_api_key_resolves_to_no_account(s, box, account):
     keys = issue_keys(s, box, account)
 
     assert find_api_key_account(s, keys.api_key + "x") is None
+
+
+def test_a_rejected_upload_leaves_no_file_behind(s, account, tmp_path):
+    from tunehouse.core.files import upload_file
+
+    files_dir = tmp_path / "rejected"
+    with pytest.raises(InvalidParameter):
+        upload_file(s, files_dir, account.id, "bad.jsonl", b'{"messages": 3}\n', "fine-tune")
+    assert list(files_dir.iterdir()) == []

@@ -17,7 +17,7 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import new_key
 from tunehouse.store.models import File
-from tunehouse.trainer.data import validate_dataset
+from tunehouse.trainer.data import DatasetReport, validate_dataset
 
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
@@ -47,6 +47,15 @@ def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl
     return dest
 
 
+def _validate_bytes(files_dir: Path, data: bytes) -> DatasetReport:
+    """Validate before storing, so a rejected upload leaves nothing behind."""
+    files_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=files_dir, suffix=".check") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        return validate_dataset(Path(tmp.name))
+
+
 def upload_file(
     s: Session,
     files_dir: Path,
@@ -63,12 +72,12 @@ def upload_file(
         raise InvalidParameter("file", "the file is empty")
     if len(data) > MAX_BYTES:
         raise InvalidParameter("file", f"the file is larger than {MAX_BYTES} bytes")
-    digest = hashlib.sha256(data).hexdigest()
-    path = _store_blob(files_dir, data, digest)
-    report = validate_dataset(path)
+    report = _validate_bytes(files_dir, data)
     if report.errors or report.format is None:
         problems = "; ".join(str(e) for e in report.errors) or "no training rows"
         raise InvalidParameter("file", f"{filename}: {problems}")
+    digest = hashlib.sha256(data).hexdigest()
+    path = _store_blob(files_dir, data, digest)
     row = File(
         key=new_key(),
         account_id=account_id,
