@@ -14,6 +14,7 @@ import torch
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
+REFERENCE_FILE = "reference_logps.pt"  # full DPO: the frozen reference's log-probs, computed once
 
 
 @dataclass
@@ -27,6 +28,9 @@ class TrainState:
     train_examples: int = 0
     method: str = ""
     run_id: str = ""
+    trained_tokens: int = 0  # real (non-pad) tokens trained on, across resumes
+    examples_per_step: int = 0  # batch_size * gradient_accumulation_steps
+    micro_batch_size: int = 0  # examples per forward pass; an OOM retry halves it for good
 
 
 def _rng_state() -> dict[str, Any]:
@@ -52,6 +56,7 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainState,
     metrics: dict[str, float],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint next to ``dest`` and rename it into place, so readers never see half."""
     tmp = dest.with_name(dest.name + ".tmp")
@@ -67,6 +72,8 @@ def save_checkpoint(
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state)), encoding="utf-8")
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    for name, value in (extra or {}).items():
+        torch.save(value, tmp / name)
     if dest.exists():
         shutil.rmtree(dest)  # a stale checkpoint of the same step from an earlier, abandoned attempt
     os.rename(tmp, dest)
@@ -83,3 +90,54 @@ def is_checkpoint(path: Path) -> bool:
 
 def is_lora_checkpoint(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("step-") or not name[5:].isdigit():
+        return None
+    return int(name[5:])
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path, dict[str, Any]]]:
+    """(step, path, metrics) of every complete checkpoint under ``root``, oldest first."""
+    found = []
+    for path in Path(root).glob("step-*"):
+        step = _step_of(path)
+        if step is None or not is_checkpoint(path):
+            continue
+        try:
+            metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}
+        found.append((step, path, metrics))
+    return sorted(found, key=lambda c: c[0])
+
+
+def best_step(checkpoints: list[tuple[int, Path, dict[str, Any]]]) -> int | None:
+    """The step with the lowest eval_loss (the earliest on ties); None without evaluations."""
+    scored = [
+        (m["eval_loss"], step) for step, _, m in checkpoints if isinstance(m.get("eval_loss"), int | float)
+    ]
+    return min(scored)[1] if scored else None
+
+
+def rotate(root: Path, keep_last: int, upto: int | None = None) -> list[tuple[int, Path]]:
+    """Delete all but the last ``keep_last`` checkpoints and the best by eval_loss; 0 keeps all.
+
+    Only steps up to ``upto`` count: after resuming from an earlier checkpoint, later ones on disk
+    belong to an abandoned attempt and will be overwritten, not ranked as "the last".
+    """
+    if keep_last <= 0:
+        return []
+    checkpoints = [c for c in list_checkpoints(root) if upto is None or c[0] <= upto]
+    keep = {step for step, _, _ in checkpoints[-keep_last:]}
+    best = best_step(checkpoints)
+    if best is not None:
+        keep.add(best)
+    deleted = []
+    for step, path, _ in checkpoints:
+        if step not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append((step, path))
+    return deleted

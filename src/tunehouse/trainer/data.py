@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-DataFormat = Literal["chat", "prompt_response", "text"]
+DataFormat = Literal["chat", "prompt_response", "text", "preference"]
 ROLES = ("system", "user", "assistant")
+# DashScope pairs carry chosen/rejected next to messages; OpenAI's carry input + (non_)preferred_output.
+_PREFERENCE_KEYS = {"chosen", "rejected", "preferred_output", "non_preferred_output"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,14 @@ class Turn:
 
 @dataclass(frozen=True)
 class Record:
-    """One normalized training row: a conversation (sft formats) or plain text (pretrain)."""
+    """One normalized training row: a conversation (sft formats), plain text (pretrain) or a
+    preference pair (dpo: ``turns`` is the prompt, ending on a user turn)."""
 
     line: int
     turns: tuple[Turn, ...] = ()
     text: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
 
 
 class DataError(Exception):
@@ -71,6 +76,8 @@ def formats_for_train_mode(train_mode: str) -> set[str]:
         return {"chat", "prompt_response"}
     if train_mode == "pretrain":
         return {"text"}
+    if train_mode == "dpo":
+        return {"preference"}
     raise ValueError(f"unknown train_mode {train_mode!r}")
 
 
@@ -79,6 +86,8 @@ def detect_format(obj: Any) -> DataFormat | None:
         return "prompt_response"
     if not isinstance(obj, dict):
         return None
+    if _PREFERENCE_KEYS & obj.keys():
+        return "preference"
     if "messages" in obj:
         return "chat"
     if "prompt" in obj or "response" in obj:
@@ -109,19 +118,15 @@ def _check_text(value: Any, where: str, line: int, allow_empty: bool = False) ->
     return []
 
 
-def _parse_chat(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
-    if not isinstance(obj, dict) or "messages" not in obj:
-        return None, [
-            DataIssue(line, "messages", f"missing; the file is chat format but this line {_describe(obj)}")
-        ]
-    messages = obj["messages"]
+def _parse_messages(messages: Any, line: int, prefix: str = "messages") -> tuple[list[Turn], list[DataIssue]]:
+    """Role, content, weight and alternation checks shared by chat rows and preference prompts."""
     if not isinstance(messages, list) or not messages:
-        return None, [DataIssue(line, "messages", "must be a non-empty list of {role, content} objects")]
+        return [], [DataIssue(line, prefix, "must be a non-empty list of {role, content} objects")]
     issues: list[DataIssue] = []
     turns: list[Turn] = []
     expected = "user"  # after an optional leading system turn, user and assistant alternate
     for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{prefix}[{i}]"
         if not isinstance(msg, dict):
             issues.append(DataIssue(line, where, "must be an object with role and content"))
             continue
@@ -150,12 +155,79 @@ def _parse_chat(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
             expected = "assistant" if role == "user" else "user"
         if isinstance(msg.get("content"), str):
             turns.append(Turn(role, msg["content"], weight))
+    return turns, issues
+
+
+def _parse_chat(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
+    if not isinstance(obj, dict) or "messages" not in obj:
+        return None, [
+            DataIssue(line, "messages", f"missing; the file is chat format but this line {_describe(obj)}")
+        ]
+    turns, issues = _parse_messages(obj["messages"], line)
     if not issues:
         if not any(t.role == "assistant" for t in turns):
             issues.append(DataIssue(line, "messages", "needs at least one assistant turn"))
         elif not any(t.role == "assistant" and t.weight for t in turns):
             issues.append(DataIssue(line, "messages", "every assistant turn has weight 0; nothing to learn"))
     return (None if issues else Record(line, turns=tuple(turns))), issues
+
+
+def _reply(value: Any, where: str, line: int, as_list: bool) -> tuple[str | None, list[DataIssue]]:
+    """A preferred/rejected reply: an assistant message object or a plain string (DashScope), or a
+    list holding exactly one assistant message (OpenAI)."""
+    if as_list:
+        if not isinstance(value, list) or len(value) != 1:
+            return None, [DataIssue(line, where, "must be a list with exactly one assistant message")]
+        value, where = value[0], f"{where}[0]"
+    if isinstance(value, str):
+        issues = _check_text(value, where, line)
+        return (None if issues else value), issues
+    if not isinstance(value, dict):
+        return None, [DataIssue(line, where, "must be an assistant message {role, content} or a string")]
+    if value.get("role", "assistant") != "assistant":
+        return None, [DataIssue(line, f"{where}.role", "must be assistant")]
+    if "content" not in value:
+        return None, [DataIssue(line, f"{where}.content", "missing")]
+    issues = _check_text(value["content"], f"{where}.content", line)
+    return (None if issues else value["content"]), issues
+
+
+def _parse_preference(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
+    if not isinstance(obj, dict) or not _PREFERENCE_KEYS & obj.keys():
+        return None, [
+            DataIssue(
+                line, "chosen", f"missing; the file is preference format but this line {_describe(obj)}"
+            )
+        ]
+    openai = not ({"chosen", "rejected"} & obj.keys())
+    if openai:
+        keys, prefix = ("preferred_output", "non_preferred_output"), "input.messages"
+        source = obj.get("input")
+        if not isinstance(source, dict) or "messages" not in source:
+            return None, [DataIssue(line, "input.messages", "missing; expected input: {messages: [...]}")]
+        messages = source["messages"]
+    else:
+        keys, prefix = ("chosen", "rejected"), "messages"
+        if "messages" not in obj:
+            return None, [DataIssue(line, "messages", "missing; the prompt ending on a user turn")]
+        messages = obj["messages"]
+    turns, issues = _parse_messages(messages, line, prefix)
+    if not issues and turns[-1].role != "user":
+        issues.append(DataIssue(line, prefix, "must end with a user turn (the one being answered)"))
+    replies: list[str | None] = []
+    for key in keys:
+        if key not in obj:
+            issues.append(DataIssue(line, key, "missing"))
+            replies.append(None)
+            continue
+        reply, reply_issues = _reply(obj[key], key, line, as_list=openai)
+        issues += reply_issues
+        replies.append(reply)
+    if issues:
+        return None, issues
+    # Earlier assistant turns are context only: DPO scores nothing but the two replies.
+    prompt = tuple(Turn(t.role, t.content, 0) for t in turns)
+    return Record(line, turns=prompt, chosen=replies[0], rejected=replies[1]), []
 
 
 def _first_candidate(value: Any, where: str, line: int) -> tuple[str | None, list[DataIssue]]:
@@ -225,7 +297,12 @@ def _parse_text(obj: Any, line: int) -> tuple[Record | None, list[DataIssue]]:
     return (None if issues else Record(line, text=obj["text"])), issues
 
 
-_PARSERS = {"chat": _parse_chat, "prompt_response": _parse_prompt_response, "text": _parse_text}
+_PARSERS = {
+    "chat": _parse_chat,
+    "prompt_response": _parse_prompt_response,
+    "text": _parse_text,
+    "preference": _parse_preference,
+}
 
 
 def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
@@ -257,8 +334,10 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
                             DataIssue(
                                 number,
                                 "<root>",
-                                "cannot detect format: expected an object with "
-                                "messages, prompt/response or text, or a Qianfan [{prompt, response}] array",
+                                "cannot detect format: expected an object with messages, "
+                                "prompt/response, text or a preference pair (chosen/rejected or "
+                                "preferred_output/non_preferred_output), "
+                                "or a Qianfan [{prompt, response}] array",
                             )
                         ]
                     )

@@ -14,7 +14,9 @@ EXIT_DATA_INVALID = 2
 EXIT_STOPPED = 3
 
 Method = Literal["lora", "full"]
-TrainMode = Literal["sft", "pretrain"]
+TrainMode = Literal["sft", "pretrain", "dpo"]
+InitKind = Literal["lora_adapter", "full"]
+SchedulerType = Literal["linear", "cosine", "constant"]
 
 
 class Hyperparameters(BaseModel):
@@ -36,8 +38,26 @@ class Hyperparameters(BaseModel):
     logging_steps: int = Field(1, ge=0)
     eval_steps: int = Field(0, ge=0)
     step_delay: float = Field(0.0, ge=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    # None = the mode's default: on for sft and pretrain; DPO never packs.
+    packing: bool | None = None
+    gradient_checkpointing: bool = False
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    save_total_limit: int = Field(0, ge=0)  # 0 = keep all; K = the last K plus the best by eval_loss
+    merge_adapter: bool = False
+    lr_scheduler_type: SchedulerType = "linear"
+    lora_target_modules: Literal["all-linear"] | list[str] = "all-linear"
     # Not part of the server contract; clipping keeps tiny-lr runs sane and 0 turns it off.
     max_grad_norm: float = Field(1.0, ge=0)
+
+
+class InitFrom(BaseModel):
+    """Starting weights for incremental training; unlike resume_from the optimizer starts fresh."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    path: Path
+    kind: InitKind
 
 
 class RunSpec(BaseModel):
@@ -51,6 +71,8 @@ class RunSpec(BaseModel):
     validation_files: list[Path] = Field(default_factory=list)
     output_dir: Path
     resume_from: Path | None = None
+    init_from: InitFrom | None = None
+    cache_dir: Path | None = None  # shared tokenization cache; None = tokenize without caching
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     @property
@@ -64,6 +86,20 @@ class RunSpec(BaseModel):
     @property
     def model_dir(self) -> Path:
         return self.output_dir / "model"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.output_dir / "model-merged"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.output_dir / "tensorboard"
+
+    @property
+    def packing(self) -> bool:
+        if self.train_mode == "dpo":
+            return False
+        return True if self.hyperparameters.packing is None else self.hyperparameters.packing
 
 
 def load_spec(path: Path) -> RunSpec:

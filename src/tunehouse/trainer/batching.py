@@ -1,0 +1,104 @@
+"""Turning examples into model inputs: dynamic padding or packing without cross-contamination.
+
+Packing puts several examples in one row, each with position ids starting again at 0, and passes
+no attention mask. transformers then derives a block-diagonal causal mask from the position ids
+(SDPA/eager) or runs varlen kernels (flash attention), so no token attends across an example
+boundary. A step sees the same examples packed or not; packing only changes the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tokenization import IGNORE_INDEX, Example
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    real_tokens: int = 0  # non-pad tokens
+
+    @property
+    def positions(self) -> int:
+        """Token slots computed on, pad included."""
+        return self.input_ids.numel()
+
+    @property
+    def tokens(self) -> int:
+        return self.real_tokens
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            inputs["position_ids"] = self.position_ids
+        return inputs
+
+
+def collate(examples: list[Example], pad_id: int, device: torch.device | str = "cpu") -> Batch:
+    """Dynamic padding: each batch is only as long as its longest example."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    real = sum(len(e.input_ids) for e in examples)
+    return Batch(ids.to(device), labels.to(device), attention_mask=mask.to(device), real_tokens=real)
+
+
+def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into bins whose lengths sum to at most ``capacity``.
+
+    Deterministic (ties keep input order), so a resumed run packs a batch exactly as before.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - n)
+    return bins
+
+
+def collate_packed(
+    examples: list[Example], capacity: int, pad_id: int, device: torch.device | str = "cpu"
+) -> Batch:
+    bins = pack_bins([len(e.input_ids) for e in examples], capacity)
+    width = max(sum(len(examples[i].input_ids) for i in b) for b in bins)
+    ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(bins), width), dtype=torch.long)
+    real = 0
+    for row, members in enumerate(bins):
+        at = 0
+        for i in members:
+            e = examples[i]
+            n = len(e.input_ids)
+            ids[row, at : at + n] = torch.tensor(e.input_ids)
+            labels[row, at : at + n] = torch.tensor(e.labels)
+            # Unpacked, an example's first token is never a target; packed, it must not become the
+            # target of the previous example's last token either.
+            labels[row, at] = IGNORE_INDEX
+            positions[row, at : at + n] = torch.arange(n)
+            at += n
+        real += at
+        # The padded tail is a sequence of its own (positions restart), so nothing real attends to it.
+        positions[row, at:] = torch.arange(width - at)
+    return Batch(ids.to(device), labels.to(device), position_ids=positions.to(device), real_tokens=real)
