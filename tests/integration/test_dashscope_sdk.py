@@ -225,9 +225,10 @@ def test_create_rejects_each_invalid_field_with_400_invalid_parameter(
         "model": "tunehouse-tiny",
         "training_file_ids": [upload(ds, tmp_path)],
         "mode": "efficient_sft",
-        "hyper_parameters": change.pop("hp", FAST),
+        "hyper_parameters": change.get("hp", FAST),
     }
-    args.update(change)
+    # The parametrized dict is shared by both backends' runs: read it, never pop from it.
+    args.update({k: v for k, v in change.items() if k != "hp"})
     status, code, message = error_of(ds.FineTunes.call(**args))
     assert (status, code) == (400, "InvalidParameter") and needle in message
 
@@ -265,11 +266,11 @@ def test_a_taken_model_name_is_409_conflict_and_not_retried(
         cancel_now(ds, first.job_id)
 
 
-def test_dpo_is_refused_while_the_trainer_cannot_run_it(ds: Any, tmp_path: Path) -> None:
+def test_dpo_on_chat_data_is_refused_with_400(ds: Any, tmp_path: Path) -> None:
     status, code, message = error_of(
         ds.FineTunes.call(model="tunehouse-tiny", training_file_ids=upload(ds, tmp_path), mode="dpo_lora")
     )
-    assert (status, code) == (400, "InvalidParameter") and "dpo_lora" in message
+    assert (status, code) == (400, "InvalidParameter") and "dpo" in message
 
 
 # ---- unknown ids, accounts, workspaces -------------------------------------------------------------
@@ -464,8 +465,9 @@ def test_a_running_job_cannot_be_deleted_but_cancels_to_canceled(ds: Any, tmp_pa
     refused = ds.FineTunes.delete(job_id)
     assert error_of(refused)[:2] == (400, "UnsupportedOperation") and "RUNNING" in refused.message
     assert ds.FineTunes.cancel(job_id).output.status == "success"
-    assert get(ds, job_id)["status"] in ("CANCELING", "CANCELED")
-    assert ds.FineTunes.cancel(job_id).status_code in (200, 400)  # idempotent while CANCELING
+    # The trainer checkpoints before it exits, so the job is CANCELING for a while; cancel again is a no-op.
+    assert get(ds, job_id)["status"] == "CANCELING"
+    assert ds.FineTunes.cancel(job_id).output.status == "success"
     done = wait_terminal(ds, job_id)
     assert done["status"] == "CANCELED" and isinstance(done["usage"], int)
     assert "finetuned_output" not in done and "code" not in done
