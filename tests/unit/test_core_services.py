@@ -457,3 +457,13 @@ def test_a_rejected_upload_leaves_no_file_behind(s, account, tmp_path):
     with pytest.raises(InvalidParameter):
         upload_file(s, files_dir, account.id, "bad.jsonl", b'{"messages": 3}\n', "fine-tune")
     assert list(files_dir.iterdir()) == []
+
+
+def test_an_output_name_held_by_a_live_run_cannot_be_taken_again(make_run):
+    make_run(output_name="my-model")
+    with pytest.raises(Conflict):
+        make_run(output_name="my-model")
+
+
+def test_an_output_name_may_contain_braces(make_run):
+    assert make_run(output_name="odd{name}").extra["output_name"] == "odd{name}"

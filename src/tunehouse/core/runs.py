@@ -72,8 +72,9 @@ def create_run(
     if increment_from is not None:
         init_from = _increment_source(s, *increment_from, base=target.base.name)
     key = new_key()
-    name = (output_name or "{base}-ft-{key}").format(key=key, base=target.base.name)
-    if output_name_taken(s, job.account_id, name):
+    # Plain substitution, not str.format: a user-chosen name may contain braces.
+    name = (output_name or "{base}-ft-{key}").replace("{key}", key).replace("{base}", target.base.name)
+    if output_name_taken(s, job.account_id, name) or _claimed_by_live_run(s, job.account_id, name):
         raise Conflict(f"Model name {name} already exists, please specify another name")
     # The job's model and mode are fixed by its first run when the job was created without them.
     job.base_model, job.train_mode = model, train_mode
@@ -105,6 +106,12 @@ def create_run(
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
     return run
+
+
+def _claimed_by_live_run(s: Session, account_id: int, name: str) -> bool:
+    """A run that has not ended yet holds its output name before the model is registered."""
+    live = s.scalars(runs_query(account_id).where(Run.state.not_in([st.value for st in TERMINAL])))
+    return any(r.extra.get("output_name") == name for r in live)
 
 
 def _check_formats(datasets: list[DatasetChoice], train_mode: str, field: str) -> None:
