@@ -9,6 +9,7 @@ boundary. A step sees the same examples packed or not; packing only changes the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,8 +33,9 @@ class Batch:
     def tokens(self) -> int:
         return self.real_tokens
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        inputs = {"input_ids": self.input_ids}
+    def model_inputs(self) -> dict[str, Any]:
+        # No KV cache: transformers only derives the packed block mask when there is none.
+        inputs: dict[str, Any] = {"input_ids": self.input_ids, "use_cache": False}
         if self.attention_mask is not None:
             inputs["attention_mask"] = self.attention_mask
         if self.position_ids is not None:
@@ -77,10 +79,31 @@ def pack_bins(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def plan_rows(lengths: list[int], max_len: int) -> list[list[int]]:
+    """The packing of a micro-batch with the fewest computed positions (rows x widest row).
+
+    Rows are as wide as their fullest bin, so filling one row to ``max_len`` and leaving the next
+    half empty wastes as much as padding; trying each row count k with capacity about total/k finds
+    a balanced layout. Ties go to more, shorter rows, whose attention is cheaper.
+    """
+    total, longest = sum(lengths), max(lengths)
+    best: tuple[int, int] | None = None
+    best_bins: list[list[int]] = []
+    for k in range(1, len(lengths) + 1):
+        capacity = min(max_len, max(longest, -(-total // k)))
+        if capacity < longest:
+            continue
+        bins = pack_bins(lengths, capacity)
+        cost = (len(bins) * max(sum(lengths[i] for i in b) for b in bins), -len(bins))
+        if best is None or cost < best:
+            best, best_bins = cost, bins
+    return best_bins
+
+
 def collate_packed(
-    examples: list[Example], capacity: int, pad_id: int, device: torch.device | str = "cpu"
+    examples: list[Example], max_len: int, pad_id: int, device: torch.device | str = "cpu"
 ) -> Batch:
-    bins = pack_bins([len(e.input_ids) for e in examples], capacity)
+    bins = plan_rows([len(e.input_ids) for e in examples], max_len)
     width = max(sum(len(examples[i].input_ids) for i in b) for b in bins)
     ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
     labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)

@@ -316,6 +316,7 @@ class Trainer:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, init.path).merge_and_unload()
+            model.requires_grad_(True)  # PEFT froze the base while the adapter was attached
             self.events.log(f"init_from: merged the adapter {init.path} into the base for full training")
         if spec.method == "lora":
             from peft import LoraConfig, PeftModel, get_peft_model
@@ -337,7 +338,12 @@ class Trainer:
         if init is not None and init.kind == "full" and resume is None:
             self.events.log(f"init_from: starting from the full weights in {init.path}")
         if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.to(self.device)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())

@@ -107,3 +107,28 @@ def run_in_process(spec_path: Path) -> tuple[int, list[dict[str, Any]]]:
 
 def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
     return [e["payload"] for e in events if e["type"] == type_]
+
+
+def preference_rows(repeats: int = 1, style: str = "dashscope") -> list[dict[str, Any]]:
+    """A learnable preference: answer the question rather than refuse."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        for q, a in QA_PAIRS:
+            prompt = [{"role": "user", "content": q}]
+            if style == "openai":
+                rows.append(
+                    {
+                        "input": {"messages": prompt},
+                        "preferred_output": [{"role": "assistant", "content": a}],
+                        "non_preferred_output": [{"role": "assistant", "content": "I cannot say."}],
+                    }
+                )
+            else:
+                rows.append(
+                    {
+                        "messages": prompt,
+                        "chosen": {"role": "assistant", "content": a},
+                        "rejected": "I cannot say.",
+                    }
+                )
+    return rows

@@ -131,3 +131,91 @@ def test_validation_modules_do_not_import_torch() -> None:
         "sys.exit(1 if {'torch', 'transformers'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_dashscope_preference_pairs_accept_objects_and_strings(tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Sky color?"},
+            ],
+            "chosen": {"role": "assistant", "content": "Blue.", "loss_weight": 1},
+            "rejected": {"role": "assistant", "content": "Green."},
+        },
+        {"messages": [{"role": "user", "content": "2+2?"}], "chosen": "Four.", "rejected": "Five."},
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    report = validate_dataset(path)
+    assert (report.format, report.rows, report.errors) == ("preference", 2, [])
+    _, records = load_records(path, formats_for_train_mode("dpo"))
+    assert (records[0].chosen, records[0].rejected, records[1].chosen) == ("Blue.", "Green.", "Four.")
+    assert records[0].turns[-1].role == "user" and all(t.weight == 0 for t in records[0].turns)
+
+
+def test_openai_preference_pairs_validate(tmp_path: Path) -> None:
+    row = {
+        "input": {"messages": [{"role": "user", "content": "Name a cat."}]},
+        "preferred_output": [{"role": "assistant", "content": "Pebble."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Cat."}],
+    }
+    path = write_jsonl(tmp_path / "o.jsonl", [row])
+    assert validate_dataset(path).format == "preference"
+    record = load_records(path)[1][0]
+    assert (record.chosen, record.rejected, record.turns[0].content) == ("Pebble.", "Cat.", "Name a cat.")
+
+
+GOOD_PAIR = {"messages": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({**GOOD_PAIR, "rejected": {"role": "user", "content": "b"}}, "rejected.role"),
+        ({**GOOD_PAIR, "chosen": {"role": "assistant"}}, "chosen.content"),
+        ({**GOOD_PAIR, "chosen": ""}, "chosen"),
+        ({"messages": GOOD_PAIR["messages"], "chosen": "a"}, "rejected"),
+        (
+            {
+                **GOOD_PAIR,
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}],
+            },
+            "messages",
+        ),
+        ({"chosen": "a", "rejected": "b"}, "messages"),
+        (
+            {
+                "input": {"messages": [{"role": "user", "content": "q"}]},
+                "preferred_output": [],
+                "non_preferred_output": [],
+            },
+            "preferred_output",
+        ),
+        ({"preferred_output": [{"role": "assistant", "content": "a"}]}, "input.messages"),
+        (
+            {
+                "input": {"messages": [{"role": "robot", "content": "q"}]},
+                "preferred_output": [{"role": "assistant", "content": "a"}],
+                "non_preferred_output": [{"role": "assistant", "content": "b"}],
+            },
+            "input.messages[0].role",
+        ),
+    ],
+)
+def test_bad_preference_rows_name_line_and_field(tmp_path: Path, row: dict, field: str) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [GOOD_PAIR, GOOD_PAIR, row])
+    report = validate_dataset(path)
+    assert report.format == "preference"
+    assert (report.errors[0].line, report.errors[0].field) == (3, field), report.errors
+
+
+def test_chat_line_in_a_preference_file_is_reported(tmp_path: Path) -> None:
+    report = validate_dataset(write_jsonl(tmp_path / "p.jsonl", [GOOD_PAIR, chat_rows()[0]]))
+    assert (report.errors[0].line, report.errors[0].field) == (2, "chosen")
+    assert "chat format" in report.errors[0].message
+
+
+def test_dpo_mode_takes_only_preference_files() -> None:
+    assert formats_for_train_mode("dpo") == {"preference"}
