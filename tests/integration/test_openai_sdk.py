@@ -469,9 +469,9 @@ def test_cancelling_a_running_job_answers_cancelled_and_the_run_stops(client: Op
         training_file=long,
         method=sft({"n_epochs": 50, "batch_size": 1, "learning_rate_multiplier": 2}),
     )
-    wait_steps(client, job.id)
-    running = client.fine_tuning.jobs.retrieve(job.id)
-    assert running.status == "running" and running.estimated_finish is not None
+    # Training has begun once the trainer reports progress, and with it an estimated finish.
+    running = wait_for(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).estimated_finish and j)
+    assert running.status == "running" and running.estimated_finish > running.created_at
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     assert cancelled.fine_tuned_model is None
