@@ -624,40 +624,8 @@ class Trainer:
             indices = state.order[state.batch_index * self.per_step : (state.batch_index + 1) * self.per_step]
             items = [self.train_items[i] for i in indices]
             lr = scheduler.get_last_lr()[0]
-            snapshot = _rng_snapshot()
-
-            def attempt(
-                micro: int, items: list[Any] = items, indices: list[int] = indices, snapshot: Any = snapshot
-            ) -> StepResult:
-                _rng_restore(snapshot)  # a retried step draws the same dropout masks
-                optimizer.zero_grad(set_to_none=True)
-                if self.dpo:
-                    return self._dpo_step(model, items, indices, micro)
-                return self._sft_step(model, items, micro)
-
-            def on_retry(smaller: int, exc: BaseException, items: list[Any] = items) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                before, after = math.ceil(self.per_step / self.micro), math.ceil(self.per_step / smaller)
-                events.log(
-                    f"out of memory at step {state.step + 1}: retrying with micro-batch {smaller} (was "
-                    f"{self.micro}) and gradient accumulation {after} (was {before}); the step still "
-                    f"covers {len(items)} example(s)"
-                )
-
-            result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
+            result, grad_norm = self.train_step(model, optimizer, scheduler, items, indices, state.step + 1)
             state.micro_batch_size = self.micro
-            if not math.isfinite(result.loss):
-                raise NonFiniteLoss("loss", result.loss, state.step + 1, lr, self.load_dtype)
-            params = [p for p in model.parameters() if p.requires_grad]
-            max_norm = hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLoss("gradient norm", grad_norm, state.step + 1, lr, self.load_dtype)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
 
             state.step += 1
             state.batch_index += 1
@@ -725,6 +693,50 @@ class Trainer:
         self._save_model(model, tokenizer, state.trained_tokens)
         events.status("succeeded")
         return EXIT_SUCCEEDED
+
+    def train_step(
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        items: list[Any],
+        indices: list[int],
+        step_number: int,
+    ) -> tuple[StepResult, float]:
+        """One optimizer step over ``items`` (micro-batched, packed, OOM-retried); (result, grad norm)."""
+        lr = scheduler.get_last_lr()[0]
+        snapshot = _rng_snapshot()
+
+        def attempt(micro: int) -> StepResult:
+            _rng_restore(snapshot)  # a retried step draws the same dropout masks
+            optimizer.zero_grad(set_to_none=True)
+            if self.dpo:
+                return self._dpo_step(model, items, indices, micro)
+            return self._sft_step(model, items, micro)
+
+        def on_retry(smaller: int, exc: BaseException) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            before, after = math.ceil(self.per_step / self.micro), math.ceil(self.per_step / smaller)
+            self.events.log(
+                f"out of memory at step {step_number}: retrying with micro-batch {smaller} (was "
+                f"{self.micro}) and gradient accumulation {after} (was {before}); the step still "
+                f"covers {len(items)} example(s)"
+            )
+
+        result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
+        if not math.isfinite(result.loss):
+            raise NonFiniteLoss("loss", result.loss, step_number, lr, self.load_dtype)
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLoss("gradient norm", grad_norm, step_number, lr, self.load_dtype)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return result, grad_norm
 
     def _sleep(self, seconds: float) -> None:
         # Short naps so a SIGTERM during a long step_delay is noticed within a fraction of a second.
