@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-EventType = Literal["status", "log", "progress", "metrics", "checkpoint", "model", "error"]
+EventType = Literal[
+    "status", "log", "progress", "metrics", "checkpoint", "checkpoint_deleted", "model", "error"
+]
 RunState = Literal["loading", "running", "succeeded", "stopped", "failed"]
 ErrorKind = Literal["data", "runtime", "nan"]
 

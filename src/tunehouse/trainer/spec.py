@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -47,6 +47,15 @@ class Hyperparameters(BaseModel):
     merge_adapter: bool = False
     lr_scheduler_type: SchedulerType = "linear"
     lora_target_modules: Literal["all-linear"] | list[str] = "all-linear"
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _split_module_names(cls, value: Any) -> Any:
+        # Forms and CLIs tend to send "q_proj,v_proj"; a list is the canonical form.
+        if isinstance(value, str) and value != "all-linear":
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     # Not part of the server contract; clipping keeps tiny-lr runs sane and 0 turns it off.
     max_grad_norm: float = Field(1.0, ge=0)
 

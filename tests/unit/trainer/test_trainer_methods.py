@@ -256,3 +256,10 @@ def test_init_from_a_missing_adapter_fails_clearly(make_spec: Callable[..., Path
     code, events = run_in_process(make_spec(init_from={"path": str(tmp_path), "kind": "lora_adapter"}))
     assert code == 1
     assert "adapter_config.json" in of_type(events, "error")[0]["reason"]
+
+
+def test_lora_target_modules_are_honoured(make_spec: Callable[..., Path]) -> None:
+    code, events = run_in_process(make_spec(hp={"lora_target_modules": "q_proj, v_proj", "lora_rank": 4}))
+    assert code == EXIT_SUCCEEDED
+    config = json.loads(Path(of_type(events, "model")[0]["path"], "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 4
