@@ -115,11 +115,16 @@ def test_metrics_are_thinned_to_about_a_hundred_keeping_the_last_step() -> None:
 
 
 def test_metrics_events_carry_openai_keys() -> None:
-    train = names.render_event(
-        5, "metrics", {"step": 3, "train_loss": 1.234, "learning_rate": 0.1}, "j", 8, "m"
-    )
+    payload = {"step": 3, "train_loss": 1.234, "learning_rate": 0.1, "train_token_accuracy": 0.5}
+    train = names.render_event(5, "metrics", payload, "j", 8, "m")
     assert train is not None and train.type == "metrics" and train.message == "Step 3/8: training loss=1.23"
-    assert train.data == {"step": 3, "total_steps": 8, "train_loss": 1.234, "learning_rate": 0.1}
+    assert train.data == {
+        "step": 3,
+        "total_steps": 8,
+        "train_loss": 1.234,
+        "train_mean_token_accuracy": 0.5,
+        "learning_rate": 0.1,
+    }
     ev = names.render_event(
         6, "metrics", {"step": 4, "eval_loss": 2.0, "eval_token_accuracy": 0.5}, "j", 8, "m"
     )

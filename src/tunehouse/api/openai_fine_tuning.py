@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from typing import Any
 
@@ -27,6 +26,7 @@ from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.events import record_event
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import ResolvedModel, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
@@ -37,7 +37,6 @@ router = APIRouter(prefix="/v1/fine_tuning", route_class=OpenAIRoute)
 CORE_METHOD = "lora"  # OpenAI does not say how it tunes; adapters are the cheap, resumable choice
 MIN_EXAMPLES = 10
 JOBS_DEFAULT, EVENTS_DEFAULT, CHECKPOINTS_DEFAULT, PAGE_MAX = 20, 20, 10, 100
-_TRAIN_TOKENS_LOG = re.compile(r"^train: \d+ example\(s\), (\d+) tokens")
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -77,21 +76,10 @@ def _finished_at(s: Session, run: Run) -> int | None:
     return None
 
 
-def _trained_tokens(s: Session, run: Run) -> int | None:
-    if run.metrics.get("trained_tokens") is not None:
-        return int(run.metrics["trained_tokens"])
-    if run.state != RunState.SUCCEEDED:
-        return None
-    # The trainer does not report a total; it logs the tokens of one pass over the data, and every epoch
-    # makes one such pass.
-    logs = s.scalars(
-        select(Event.payload).where(Event.run_id == run.id, Event.type == "log").order_by(Event.seq)
-    )
-    for payload in logs:
-        m = _TRAIN_TOKENS_LOG.match(str(payload.get("message", "")))
-        if m:
-            return int(m[1]) * int(run.hyperparameters.get("epochs", 1))
-    return None
+def _trained_tokens(run: Run) -> int | None:
+    # The trainer reports the total with the finished model; null until then, as OpenAI has it.
+    value = run.metrics.get("trained_tokens")
+    return int(value) if value is not None else None
 
 
 def _error(s: Session, run: Run) -> dict[str, Any] | None:
@@ -142,7 +130,7 @@ def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
         "training_file": training[0] if training else "",
         # The top-level form has no beta: it is the supervised shape.
         "hyperparameters": {k: v for k, v in hyper.items() if k != "beta"},
-        "trained_tokens": _trained_tokens(s, run),
+        "trained_tokens": _trained_tokens(run),
         "error": _error(s, run),
         "seed": int(run.hyperparameters.get("seed", 0)),
         "estimated_finish": estimated,
@@ -417,6 +405,14 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: dict[str, Any]) -> 
         raise _core_error(e, where, default_lr) from None
     except Conflict as e:
         raise OpenAIError(400, e.message, param="suffix") from None
+    # Files were validated line by line at upload; the job's record tells that part of the story too.
+    checked = f"Validating training file: {training_id}"
+    record_event(
+        s,
+        run,
+        "log",
+        {"message": checked + (f" and validation file: {validation_id}" if validation_id else "")},
+    )
     if training.rows < MIN_EXAMPLES:
         # Accepted, then failed in validation, as OpenAI reports it: through the job, not the HTTP status.
         message = (
@@ -427,6 +423,8 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: dict[str, Any]) -> 
             "openai": {**extra["openai"], "error": {"code": "invalid_n_examples", "param": "training_file"}},
         }
         run_svc.move(s, run, RunState.FAILED, error=message)
+    else:
+        record_event(s, run, "log", {"message": "Files validated, moving job to queued state"})
     return render_job(s, run, caller)
 
 
@@ -626,6 +624,7 @@ def _checkpoint(run: Run, c: Checkpoint) -> dict[str, Any]:
     metrics: dict[str, Any] = {"step": c.step}
     for ours, theirs in (
         ("train_loss", "train_loss"),
+        ("train_token_accuracy", "train_mean_token_accuracy"),
         ("eval_loss", "full_valid_loss"),
         ("eval_token_accuracy", "full_valid_mean_token_accuracy"),
     ):

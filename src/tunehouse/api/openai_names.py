@@ -201,6 +201,8 @@ def render_event(
         if "train_loss" in payload:
             data["train_loss"] = payload["train_loss"]
             parts.append(f"training loss={_fmt_loss(payload['train_loss'])}")
+            if "train_token_accuracy" in payload:
+                data["train_mean_token_accuracy"] = payload["train_token_accuracy"]
             for k in ("learning_rate", "grad_norm"):
                 if k in payload:
                     data[k] = payload[k]
@@ -269,6 +271,8 @@ def results_csv(core_csv: str) -> bytes:
         out = by_step.setdefault(step, {})
         if row.get("train_loss"):
             out["train_loss"] = row["train_loss"]
+        if row.get("train_token_accuracy"):
+            out["train_accuracy"] = row["train_token_accuracy"]
         if row.get("eval_loss"):
             out["valid_loss"] = row["eval_loss"]
         if row.get("eval_token_accuracy"):
