@@ -132,6 +132,7 @@ def test_expires_after_sets_expires_at_from_created_at(client: OpenAI) -> None:
         expires_after={"anchor": "created_at", "seconds": 3600},
     )
     assert f.expires_at == f.created_at + 3600
+    assert client.files.retrieve(f.id).expires_at == f.created_at + 3600
 
 
 @pytest.mark.parametrize(

@@ -467,3 +467,24 @@ def test_an_output_name_held_by_a_live_run_cannot_be_taken_again(make_run):
 
 def test_an_output_name_may_contain_braces(make_run):
     assert make_run(output_name="odd{name}").extra["output_name"] == "odd{name}"
+
+
+def test_an_expired_file_is_no_longer_found(s, account, tmp_path):
+    from datetime import timedelta
+
+    from tunehouse.core.files import get_file, upload_file
+
+    row = upload_file(
+        s,
+        tmp_path / "f",
+        account.id,
+        "a.jsonl",
+        b'{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}\n',
+        "fine-tune",
+        expires_after_s=3600,
+    )
+    assert get_file(s, account.id, key=row.key).key == row.key
+    row.expires_at = row.created_at - timedelta(seconds=1)
+    s.flush()
+    with pytest.raises(NotFound):
+        get_file(s, account.id, key=row.key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
 from tunehouse.api.openai_common import openai_caller as caller_dep
 from tunehouse.core import files as file_svc
-from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix
 from tunehouse.store.models import File
@@ -52,7 +50,7 @@ def _size(f: File) -> int:
     return f.bytes
 
 
-def render_file(f: File, expires_at: int | None = None) -> dict[str, Any]:
+def render_file(f: File) -> dict[str, Any]:
     return {
         "id": PREFIX + f.key,
         "object": "file",
@@ -62,7 +60,7 @@ def render_file(f: File, expires_at: int | None = None) -> dict[str, Any]:
         "purpose": f.purpose,
         "status": "processed",
         "status_details": None,
-        "expires_at": expires_at,
+        "expires_at": int(f.expires_at.timestamp()) if f.expires_at else None,
     }
 
 
@@ -80,7 +78,8 @@ def lookup(s: Session, caller: Caller, file_id: str, param: str | None = None, s
         raise file_not_found(file_id, param, status) from None
 
 
-def _expiry(form: Any, created: datetime) -> int | None:
+def _expiry(form: Any) -> int | None:
+    """Seconds after creation at which the file expires, when expires_after was given."""
     anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
     if anchor is None and seconds is None:
         return None
@@ -102,7 +101,7 @@ def _expiry(form: Any, created: datetime) -> int | None:
             param="expires_after.seconds",
             code="invalid_value",
         )
-    return int(created.timestamp()) + secs
+    return secs
 
 
 @router.post("")
@@ -130,13 +129,21 @@ async def create_file(
     if len(data) > file_svc.MAX_BYTES:
         raise OpenAIError(413, f"The file is larger than {file_svc.MAX_BYTES} bytes.", param="file")
     # The rule is checked before storing, so a bad expiry does not leave a file behind.
-    _expiry(form, utcnow())
+    expires_after_s = _expiry(form)
     name = part.filename or "upload.jsonl"
 
     def store() -> dict[str, Any]:
         with ctx.db.session() as s:
-            row = file_svc.upload_file(s, ctx.settings.files_dir, caller.account_id, name, data, purpose)
-            return render_file(row, _expiry(form, row.created_at))
+            row = file_svc.upload_file(
+                s,
+                ctx.settings.files_dir,
+                caller.account_id,
+                name,
+                data,
+                purpose,
+                expires_after_s=expires_after_s,
+            )
+            return render_file(row)
 
     try:
         return JSONResponse(await run_in_threadpool(store))

@@ -12,7 +12,14 @@ from tunehouse.core.clock import utcnow
 from tunehouse.store.models import Checkpoint, Event, Run
 
 # Latest value of each metric is kept on the run for cheap detail reads.
-_METRIC_KEYS = ("train_loss", "eval_loss", "eval_token_accuracy", "learning_rate", "grad_norm")
+_METRIC_KEYS = (
+    "train_loss",
+    "train_token_accuracy",
+    "eval_loss",
+    "eval_token_accuracy",
+    "learning_rate",
+    "grad_norm",
+)
 _PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch", "trained_tokens", "padding_share")
 
 

@@ -7,10 +7,11 @@ import hashlib
 import io
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
@@ -25,6 +26,7 @@ MAX_BYTES = 512 * 1024 * 1024
 RESULT_COLUMNS = (
     "step",
     "train_loss",
+    "train_token_accuracy",
     "learning_rate",
     "grad_norm",
     "tokens_per_second",
@@ -65,6 +67,7 @@ def upload_file(
     purpose: str,
     description: str = "",
     workspace: str | None = None,
+    expires_after_s: int | None = None,
 ) -> File:
     if purpose not in PURPOSES:
         raise InvalidParameter("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
@@ -78,6 +81,7 @@ def upload_file(
         raise InvalidParameter("file", f"{filename}: {problems}")
     digest = hashlib.sha256(data).hexdigest()
     path = _store_blob(files_dir, data, digest)
+    now = utcnow()
     row = File(
         key=new_key(),
         account_id=account_id,
@@ -90,7 +94,8 @@ def upload_file(
         path=str(path),
         description=description,
         workspace=workspace,
-        created_at=utcnow(),
+        created_at=now,
+        expires_at=now + timedelta(seconds=expires_after_s) if expires_after_s else None,
     )
     s.add(row)
     s.flush()
@@ -134,7 +139,11 @@ def store_results(
 
 
 def files_query(account_id: int, workspace: str | None = None, purpose: str | None = None) -> Select[Any]:
-    q = select(File).where(File.account_id == account_id, File.deleted_at.is_(None))
+    q = select(File).where(
+        File.account_id == account_id,
+        File.deleted_at.is_(None),
+        or_(File.expires_at.is_(None), File.expires_at > utcnow()),  # an expired file is gone
+    )
     if workspace is not None:
         q = q.where(File.workspace == workspace)
     if purpose is not None:
