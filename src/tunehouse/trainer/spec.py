@@ -27,7 +27,7 @@ class Hyperparameters(BaseModel):
     learning_rate: float = Field(3e-5, gt=0)
     batch_size: int = Field(4, ge=1)
     max_seq_len: int = Field(512, ge=8)
-    split_ratio: float = Field(0, ge=0, le=20)
+    split_ratio: float = Field(0, ge=0, le=50)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     seed: int = 42
