@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from tunehouse.api import dashscope_names as names
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import request_id
+from tunehouse.api.json_body import json_object
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -524,12 +525,8 @@ def create_fine_tune(s: Session, caller: Caller, body: dict[str, Any]) -> dict[s
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = await json_object(request)
+    if body is None:
         raise ApiError(400, "InvalidParameter", "the body must be a JSON object")
     return body
 

@@ -6,7 +6,6 @@ the account is visible here (as `ftjob-<key>`), whichever dialect created it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.json_body import json_object
 from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
 from tunehouse.api.openai_common import openai_caller as caller_dep
 from tunehouse.api.openai_files import lookup as lookup_file
@@ -429,12 +429,8 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: dict[str, Any]) -> 
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = await json_object(request)
+    if body is None:
         raise OpenAIError(400, "The body must be a JSON object.")
     return body
 

@@ -5,7 +5,6 @@ V1 calls a job a "task" and a run a "job"; the integer ids are the rows' surroga
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v1_error
+from tunehouse.api.json_body import json_object
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
     PEFT_IN,
@@ -221,12 +221,8 @@ def _endpoint(handler: Callable[[Session, AppContext, int, dict[str, Any]], Any]
     async def endpoint(
         request: Request, ctx: AppContext = Depends(get_ctx), account: int = Depends(qianfan_account)
     ) -> JSONResponse:
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        body = await json_object(request, empty={})
+        if body is None:
             return qianfan_v1_error(PARAM_INVALID, "param invalid: the body must be a JSON object")
         return await run_in_threadpool(_call, ctx, handler, account, body)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v2_error, request_id
+from tunehouse.api.json_body import json_object
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
     HP_OUT,
@@ -378,12 +378,8 @@ async def v2_finetuning(
     handler = ACTIONS.get(action)
     if handler is None:
         return qianfan_v2_error(400, "InvalidAction", f"unknown Action {action!r}", req_id=rid)
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = await json_object(request, empty={})
+    if body is None:
         return qianfan_v2_error(400, "MalformedJSON", "the body must be a JSON object", req_id=rid)
     return await run_in_threadpool(_call, ctx, handler, account, body, rid)
 
