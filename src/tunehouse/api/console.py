@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFo
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
+from tunehouse.trainer.data import formats_for_train_mode
 
 router = APIRouter(include_in_schema=False)
 
@@ -374,17 +373,8 @@ def new_run_page(
 
 def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
     """The validator's verdict on an upload, line by line, without storing anything."""
-    with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        report = validate_dataset(Path(tmp.name), max_errors=50)
-    modes = []
-    for mode in TRAIN_MODES:
-        try:
-            if report.format in formats_for_train_mode(mode):
-                modes.append(mode)
-        except ValueError:
-            continue  # a mode the data layer cannot feed yet
+    report = file_svc.validate_bytes(data, max_errors=50)
+    modes = [mode for mode in TRAIN_MODES if report.format in formats_for_train_mode(mode)]
     return {
         "filename": filename,
         "ok": report.ok,

@@ -49,13 +49,14 @@ def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl
     return dest
 
 
-def _validate_bytes(files_dir: Path, data: bytes) -> DatasetReport:
-    """Validate before storing, so a rejected upload leaves nothing behind."""
-    files_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=files_dir, suffix=".check") as tmp:
+def validate_bytes(data: bytes, max_errors: int = 20, tmp_dir: Path | None = None) -> DatasetReport:
+    """The validator's line-by-line verdict on upload bytes, without storing them."""
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".check") as tmp:
         tmp.write(data)
         tmp.flush()
-        return validate_dataset(Path(tmp.name))
+        return validate_dataset(Path(tmp.name), max_errors=max_errors)
 
 
 def upload_file(
@@ -75,7 +76,8 @@ def upload_file(
         raise InvalidParameter("file", "the file is empty")
     if len(data) > MAX_BYTES:
         raise InvalidParameter("file", f"the file is larger than {MAX_BYTES} bytes")
-    report = _validate_bytes(files_dir, data)
+    # Validate before storing, so a rejected upload leaves nothing behind.
+    report = validate_bytes(data, tmp_dir=files_dir)
     if report.errors or report.format is None:
         problems = "; ".join(str(e) for e in report.errors) or "no training rows"
         raise InvalidParameter("file", f"{filename}: {problems}")
