@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -185,22 +186,18 @@ def _metrics(m: dict[str, Any]) -> dict[str, str]:
 
 def _job(s: Session, account: int, job_id: str) -> Job:
     key = strip_prefix(job_id, JOB)
-    try:
-        if key is None:
-            raise NotFound("job", job_id)
-        return job_svc.get_job(s, account, key=key)
-    except NotFound:
-        raise NotFound("job", job_id) from None
+    if key is not None:
+        with suppress(NotFound):
+            return job_svc.get_job(s, account, key=key)
+    raise NotFound("job", job_id)  # in the caller's terms, whatever the reason
 
 
 def _run(s: Session, account: int, task_id: str) -> Run:
     key = strip_prefix(task_id, TASK)
-    try:
-        if key is None:
-            raise NotFound("task", task_id)
-        return run_svc.get_run(s, account, key=key)
-    except NotFound:
-        raise NotFound("task", task_id) from None
+    if key is not None:
+        with suppress(NotFound):
+            return run_svc.get_run(s, account, key=key)
+    raise NotFound("task", task_id)  # in the caller's terms, whatever the reason
 
 
 def create_job(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
