@@ -54,8 +54,13 @@ def serve(
         err_console.print(
             "No accounts yet. Create credentials with:\n"
             "  tunehouse keys create --account NAME --json\n"
-            f"then point the qianfan SDK at it: QIANFAN_CONSOLE_API_BASE_URL=http://{host}:{port} "
-            "QIANFAN_ACCESS_KEY=… QIANFAN_SECRET_KEY=…"
+            "then point an SDK at this server:\n"
+            f"  qianfan:   QIANFAN_CONSOLE_API_BASE_URL={settings.public_url} QIANFAN_ACCESS_KEY=… "
+            "QIANFAN_SECRET_KEY=…\n"
+            f"  openai:    OpenAI(base_url='{settings.public_url}/v1', api_key='th-…')\n"
+            f"  dashscope: dashscope.Client(base_url='{settings.public_url}/api/v1', api_key='th-…')\n"
+            f"or sign in to the console at {settings.public_url}/console with the api_key.",
+            soft_wrap=True,
         )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
