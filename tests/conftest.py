@@ -61,6 +61,7 @@ class LiveServer:
     database_url: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -73,6 +74,8 @@ class LiveServer:
             "TUNEHOUSE_HOME": str(self.home),
             "TUNEHOUSE_DATABASE_URL": self.database_url,
             "TUNEHOUSE_MAX_RUNNING": "2",
+            "TUNEHOUSE_GPUS": "none",  # the same concurrency whether or not this machine has GPUs
+            **self.extra_env,
         }
 
     def cli(self, *args: str) -> str:
@@ -137,12 +140,14 @@ def kill_trainers(home: Path) -> None:
             p.kill()
 
 
-def start_server(tmp: Path, backend: str, tiny_model: Path, make_pg: Callable[[], str]) -> LiveServer:
+def start_server(
+    tmp: Path, backend: str, tiny_model: Path, make_pg: Callable[[], str], **env: str
+) -> LiveServer:
     home = tmp / "home"
     (home / "models").mkdir(parents=True)
     # Reuse the session's tiny model instead of building it per server.
     shutil.copytree(tiny_model, home / "models" / "tunehouse-tiny")
     url = make_pg() if backend == "postgres" else f"sqlite:///{home / 'tunehouse.db'}"
-    server = LiveServer(home=home, database_url=url)
+    server = LiveServer(home=home, database_url=url, extra_env=env)
     server.start()
     return server

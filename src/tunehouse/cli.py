@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunehouse.api.app import create_app, open_context
-from tunehouse.config import load_settings
+from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
@@ -30,6 +30,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ValueError as exc:  # a malformed environment setting: say which, not a traceback
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -39,7 +47,7 @@ def serve(
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
+    settings = _settings()
     if not settings.public_url:
         # Links handed to clients (vdlLink) must be absolute; without a configured URL use the listen address.
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -50,6 +58,8 @@ def serve(
     ctx.db.dispose()
     err_console.print(f"Tunehouse home: {settings.home}")
     err_console.print(f"Database: {ctx.db.engine.url.render_as_string(hide_password=True)}")
+    where = f"one per GPU of {', '.join(settings.gpus)}" if settings.gpus else "no GPU assigned"
+    err_console.print(f"Trainers: up to {settings.capacity} at a time, {where}")
     if empty:
         err_console.print(
             "No accounts yet. Create credentials with:\n"
@@ -71,7 +81,7 @@ def keys_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Issue an AK/SK pair and an API key for ACCOUNT."""
-    ctx = open_context(load_settings())
+    ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
             issued = accounts.issue_keys(s, ctx.box, accounts.get_or_create_account(s, account))
@@ -96,7 +106,7 @@ def keys_create(
 @models_app.command("list")
 def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List base models and fine-tuned outputs."""
-    ctx = open_context(load_settings())
+    ctx = open_context(_settings())
     with ctx.db.session() as s:
         rows = [
             {"name": m.name, "kind": m.kind, "path": m.path, "base_model": m.base_model, "account": acc}
@@ -123,7 +133,7 @@ def models_add(
     path: Annotated[Path, typer.Argument(help="Local Hugging Face model directory.")],
 ) -> None:
     """Register a local Hugging Face model directory as a base model."""
-    ctx = open_context(load_settings())
+    ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
             row = add_base_model(s, name, path)

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunehouse.executors.gpus import gpus_from_env
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -13,6 +15,13 @@ class Settings:
     database_url: str
     max_running: int
     public_url: str
+    # Each running trainer gets one of these; empty means no pinning (a CPU machine, or opted out).
+    gpus: tuple[str, ...] = ()
+
+    @property
+    def capacity(self) -> int:
+        """How many trainers this node runs at once: never more than it has GPUs to give them."""
+        return min(self.max_running, len(self.gpus)) if self.gpus else self.max_running
 
     @property
     def runs_dir(self) -> Path:
@@ -34,9 +43,13 @@ class Settings:
 def load_settings() -> Settings:
     home = Path(os.environ.get("TUNEHOUSE_HOME", "~/.tunehouse")).expanduser().resolve()
     url = os.environ.get("TUNEHOUSE_DATABASE_URL") or f"sqlite:///{home / 'tunehouse.db'}"
+    gpus = gpus_from_env(os.environ)
+    # With GPUs the natural limit is one trainer per GPU; on a CPU two at a time keeps the machine usable.
+    default_running = len(gpus) if gpus else 2
     return Settings(
         home=home,
         database_url=url,
-        max_running=int(os.environ.get("TUNEHOUSE_MAX_RUNNING", "2")),
+        max_running=int(os.environ.get("TUNEHOUSE_MAX_RUNNING", default_running)),
         public_url=os.environ.get("TUNEHOUSE_PUBLIC_URL", ""),
+        gpus=gpus,
     )

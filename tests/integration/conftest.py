@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import LiveServer, kill_trainers, start_server
@@ -98,3 +99,42 @@ def wait_for(check: Callable[[], Any], timeout: float = 180, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def start_long_task(sdk: Any, server: LiveServer, api_key: str, epochs: int = 12) -> str:
+    up = httpx.post(
+        server.url + "/v1/files",
+        headers={"Authorization": f"Bearer {api_key}"},
+        files={"file": ("t.jsonl", jsonl(CHAT_ROWS * 4))},
+        data={"purpose": "fine-tune"},
+    )
+    job = sdk.V2.create_job(name="durable", model="tunehouse-tiny", train_mode="SFT").body["result"]["jobId"]
+    hp = {"epoch": epochs, "learningRate": 0.003, "batchSize": 1, "maxSeqLen": 256, "saveSteps": 20}
+    cfg = {"sourceType": "Platform", "versions": [{"versionId": up.json()["id"]}]}
+    return str(
+        sdk.V2.create_task(job_id=job, params_scale="LoRA", hyper_params=hp, dataset_config=cfg).body[
+            "result"
+        ]["taskId"]
+    )
+
+
+def run_dir(server: LiveServer, task_id: str) -> Path:
+    return server.home / "runs" / task_id.removeprefix("task-")
+
+
+def find_trainer(server: LiveServer, task_id: str) -> psutil.Process | None:
+    spec = str(run_dir(server, task_id) / "spec.json")
+    for p in psutil.process_iter(["cmdline"]):
+        if spec in (p.info.get("cmdline") or []):
+            return p
+    return None
+
+
+def trainer_process(server: LiveServer, task_id: str) -> psutil.Process:
+    found = find_trainer(server, task_id)
+    assert found is not None, "no trainer process"
+    return found
+
+
+def task_status(sdk: Any, task_id: str) -> dict[str, Any]:
+    return dict(sdk.V2.task_detail(task_id=task_id).body["result"])

@@ -8,12 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
 import pytest
 
 from tests.conftest import LiveServer, kill_trainers, start_server
-from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
+from tests.integration.conftest import run_dir, start_long_task, task_status, trainer_process, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -44,47 +42,14 @@ def sdk(own_server: LiveServer, carol: dict[str, str], monkeypatch: pytest.Monke
     return FineTune
 
 
-def start_long_task(sdk: Any, server: LiveServer, api_key: str, epochs: int = 12) -> str:
-    up = httpx.post(
-        server.url + "/v1/files",
-        headers={"Authorization": f"Bearer {api_key}"},
-        files={"file": ("t.jsonl", jsonl(CHAT_ROWS * 4))},
-        data={"purpose": "fine-tune"},
-    )
-    job = sdk.V2.create_job(name="durable", model="tunehouse-tiny", train_mode="SFT").body["result"]["jobId"]
-    hp = {"epoch": epochs, "learningRate": 0.003, "batchSize": 1, "maxSeqLen": 256, "saveSteps": 20}
-    cfg = {"sourceType": "Platform", "versions": [{"versionId": up.json()["id"]}]}
-    return str(
-        sdk.V2.create_task(job_id=job, params_scale="LoRA", hyper_params=hp, dataset_config=cfg).body[
-            "result"
-        ]["taskId"]
-    )
-
-
-def run_dir(server: LiveServer, task_id: str) -> Path:
-    return server.home / "runs" / task_id.removeprefix("task-")
-
-
-def trainer_process(server: LiveServer, task_id: str) -> psutil.Process:
-    spec = str(run_dir(server, task_id) / "spec.json")
-    for p in psutil.process_iter(["cmdline"]):
-        if spec in (p.info.get("cmdline") or []):
-            return p
-    raise AssertionError("no trainer process")
-
-
 def checkpoint_written(server: LiveServer, task_id: str) -> bool:
     events = run_dir(server, task_id) / "events.jsonl"
     return events.exists() and '"checkpoint"' in events.read_text()
 
 
-def status(sdk: Any, task_id: str) -> dict[str, Any]:
-    return dict(sdk.V2.task_detail(task_id=task_id).body["result"])
-
-
 def terminal(sdk: Any, task_id: str) -> dict[str, Any]:
     return dict(
-        wait_for(lambda: (d := status(sdk, task_id))["runStatus"] in {"Done", "Stopped", "Failed"} and d)
+        wait_for(lambda: (d := task_status(sdk, task_id))["runStatus"] in {"Done", "Stopped", "Failed"} and d)
     )
 
 
@@ -109,7 +74,9 @@ def test_a_killed_trainer_ends_the_task_failed_with_the_reason(
 ) -> None:
     task_id = start_long_task(sdk, own_server, carol["api_key"])
     wait_for(
-        lambda: status(sdk, task_id)["runStatus"] == "Running" and checkpoint_written(own_server, task_id)
+        lambda: (
+            task_status(sdk, task_id)["runStatus"] == "Running" and checkpoint_written(own_server, task_id)
+        )
     )
     trainer_process(own_server, task_id).send_signal(signal.SIGKILL)
     failed = terminal(sdk, task_id)

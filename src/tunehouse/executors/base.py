@@ -17,8 +17,9 @@ class Exit:
 class Executor(Protocol):
     name: str
 
-    def start(self, run_key: str, spec_path: Path, run_dir: Path) -> dict[str, Any]:
-        """Launch the trainer; the returned handle is stored with the run and survives restarts."""
+    def start(self, run_key: str, spec_path: Path, run_dir: Path, gpu: str | None = None) -> dict[str, Any]:
+        """Launch the trainer, on ``gpu`` alone when given; the returned handle is stored with the run and
+        survives restarts."""
         ...
 
     def poll(self, handle: dict[str, Any]) -> Exit | None:

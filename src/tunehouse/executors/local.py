@@ -21,10 +21,12 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, run_key: str, spec_path: Path, run_dir: Path) -> dict[str, Any]:
+    def start(self, run_key: str, spec_path: Path, run_dir: Path, gpu: str | None = None) -> dict[str, Any]:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONUNBUFFERED"] = "1"
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu  # the trainer's cuda:0 is the GPU the scheduler gave this run
         with (
             open(run_dir / "trainer.stdout.log", "ab") as out,
             open(run_dir / "trainer.stderr.log", "ab") as err,

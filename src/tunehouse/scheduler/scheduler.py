@@ -27,6 +27,7 @@ from tunehouse.core.files import store_results
 from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.executors.base import Executor, Exit
+from tunehouse.executors.gpus import free_gpus
 from tunehouse.store.db import Database
 from tunehouse.store.models import Checkpoint, File, Job, Run
 from tunehouse.trainer.events import tail_events
@@ -238,8 +239,11 @@ class Scheduler:
     # ---- claiming and launching ------------------------------------------------------------------
     def _claim_and_launch(self) -> None:
         with self.db.session() as s:
-            busy = len(self._my_active_runs_in(s))
-            free = self.settings.max_running - busy
+            busy = self._my_active_handles(s)
+            gpus = free_gpus(self.settings.gpus, (h.get("gpu") for h in busy))
+            free = self.settings.capacity - len(busy)
+            if self.settings.gpus:
+                free = min(free, len(gpus))
             if free <= 0:
                 return
             q = (
@@ -254,11 +258,13 @@ class Scheduler:
             claimed: list[int] = []
             now = utcnow()
             for rid in candidates:
+                # The GPU is part of the claim, so a restart before launch cannot hand it out twice.
+                handle = {"gpu": gpus[len(claimed)]} if self.settings.gpus else {}
                 # The conditional update is the claim: only one replica's can match the queued row.
                 res = s.execute(
                     update(Run)
                     .where(Run.id == rid, Run.state == RunState.QUEUED)
-                    .values(lease_owner=self.owner, lease_expires_at=now + LEASE, handle={})
+                    .values(lease_owner=self.owner, lease_expires_at=now + LEASE, handle=handle)
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(rid)
@@ -270,10 +276,10 @@ class Scheduler:
         for rid in claimed:
             self._launch(rid)
 
-    def _my_active_runs_in(self, s: Any) -> list[int]:
+    def _my_active_handles(self, s: Any) -> list[dict[str, Any]]:
         return list(
             s.scalars(
-                select(Run.id).where(
+                select(Run.handle).where(
                     Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner
                 )
             )
@@ -284,8 +290,9 @@ class Scheduler:
             with self.db.session() as s:
                 run = s.get_one(Run, run_id)
                 spec, run_dir = self._spec(s, run)
+                gpu = run.handle.get("gpu")
             spec_path = _write_spec(run_dir, spec)
-            handle = self.executor.start(run.key, spec_path, run_dir)
+            handle = self.executor.start(run.key, spec_path, run_dir, gpu=gpu)
         except Exception as exc:  # a run that cannot start fails with the reason, not silently
             log.exception("launch of run %s failed", run_id)
             with self.db.session() as s:
@@ -296,9 +303,11 @@ class Scheduler:
             return
         with self.db.session() as s:
             run = s.get_one(Run, run_id)
-            run.handle = handle
+            run.handle = {**handle, "gpu": gpu} if gpu is not None else handle
             run.executor = self.executor.name
             run.run_dir = str(run_dir)
+            if gpu is not None:
+                record_event(s, run, "log", {"message": f"trainer started on GPU {gpu}"})
 
     def _spec(self, s: Any, run: Run) -> tuple[dict[str, Any], Path]:
         base = resolve_base(s, run.base_model)
