@@ -213,6 +213,7 @@ class Trainer:
         self.dpo = spec.train_mode == "dpo"
         self.packing = spec.packing
         self.micro = self.hp.batch_size
+        self.eval_micro: int | None = None  # set lower than ``micro`` once a no-grad pass ran out of memory
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
@@ -398,13 +399,32 @@ class Trainer:
         ref = self.reference[split][indices].to(self.device)
         return ref[:, 0], ref[:, 1]
 
-    @torch.no_grad()
+    def _forward_only(self, what: str, work: Callable[[int], T]) -> T:
+        """Run a no-grad pass over the data in micro-batches of the size ``work`` is given. On out-of-memory
+        it is retried once with half, and later passes keep the smaller size; the results do not depend
+        on it, because every pass sums over examples."""
+        size = min(self.eval_micro or self.micro, self.micro)
+
+        def on_retry(smaller: int, exc: BaseException) -> None:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.events.log(f"out of memory during {what}: retrying with micro-batch {smaller} (was {size})")
+
+        result, used = with_oom_retry(work, size, on_retry)
+        if used != size:
+            self.eval_micro = used
+        return result
+
     def _compute_reference(self, model: Any) -> dict[str, torch.Tensor]:
+        return self._forward_only("the DPO reference pass", lambda micro: self._reference_pass(model, micro))
+
+    @torch.no_grad()
+    def _reference_pass(self, model: Any, micro: int) -> dict[str, torch.Tensor]:
         model.eval()
         out = {}
         for split, items in (("train", self.train_items), ("eval", self.eval_items)):
             rows = []
-            for chunk in _chunks(items, self.micro):
+            for chunk in _chunks(items, micro):
                 chosen, rejected, _, _ = self._pair_logps(model, chunk)
                 rows.append(torch.stack([chosen, rejected], dim=1).float().cpu())
             out[split] = torch.cat(rows) if rows else torch.zeros((0, 2))
@@ -447,13 +467,16 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, model: Any) -> dict[str, float]:
+        return self._forward_only("evaluation", lambda micro: self._evaluation_pass(model, micro))
+
+    @torch.no_grad()
+    def _evaluation_pass(self, model: Any, micro: int) -> dict[str, float]:
         model.eval()
         loss_sum, units, tokens, correct, wins = 0.0, 0, 0, 0, 0
         margins: list[float] = []
-        for start in range(0, len(self.eval_items), self.micro):
-            chunk = self.eval_items[start : start + self.micro]
+        for start in range(0, len(self.eval_items), micro):
+            chunk = self.eval_items[start : start + micro]
             if self.dpo:
                 idx = list(range(start, start + len(chunk)))
                 ref_chosen, ref_rejected = self._reference_logps(model, chunk, "eval", idx)
