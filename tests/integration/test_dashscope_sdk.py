@@ -418,6 +418,10 @@ def test_the_stream_replays_status_changes_and_progress_then_closes(trained: dic
     assert changes == ["QUEUING", "RUNNING", "SUCCEEDED"]
     assert any(f["log"].split(" ", 2)[2].startswith("progress: step") for f in frames)
     assert frames[-1]["log"].endswith("status: SUCCEEDED")
+    lines = [f["log"].split(" ", 2)[2] for f in frames]
+    said = [line for line in lines if line.startswith("status: ")]
+    assert said == list(dict.fromkeys(said)), said  # each status once: the trainer's echoes read as such
+    assert "trainer: running" in lines and "trainer: succeeded" in lines
 
 
 def test_logs_page_by_offset_and_end_with_a_short_page(ds: Any, trained: dict[str, Any]) -> None:

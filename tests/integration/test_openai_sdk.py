@@ -435,6 +435,7 @@ def test_events_page_newest_first_and_tell_the_story(client: OpenAI, finished: F
         f"Created fine-tuning job: {finished.id}",
     ]
     assert messages.count("Fine-tuning job started") == 1
+    assert messages.count("The job has successfully completed") == 1
     assert f"New fine-tuned model created: {finished.fine_tuned_model}" in messages
     metrics = [e for e in events if e.type == "metrics"]
     assert metrics and all(isinstance(e.data, dict) and e.data["total_steps"] == 8 for e in metrics)

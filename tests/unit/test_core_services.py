@@ -395,6 +395,17 @@ def test_trainer_error_event_records_the_reason_on_the_run(s, make_run):
     assert run.error == "out of memory"
 
 
+def test_the_trainers_status_reports_are_kept_apart_from_the_runs_state_changes(s, make_run):
+    run = make_run()
+    said = [{"seq": 1, "type": "status", "payload": {"state": "succeeded"}}]
+
+    fresh = apply_trainer_events(s, run, said)
+
+    assert fresh == said  # the scheduler still reads what the trainer said
+    assert trainer_event_types(s, run) == ["trainer_status"]
+    assert run.state == "queued"  # only the server moves the run
+
+
 # --- credentials --------------------------------------------------------------------------------------
 
 

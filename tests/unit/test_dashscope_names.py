@@ -153,8 +153,7 @@ def test_a_log_line_is_one_line_with_time_and_text() -> None:
 
 def test_status_events_read_as_dashscope_statuses_and_trainer_phases_as_such() -> None:
     assert names.log_line(CREATED, "status", {"state": "stopping"}).endswith("status: CANCELING")
-    assert names.log_line(CREATED, "status", {"state": "loading"}).endswith("trainer: loading")
-    assert names.event_status({"state": "loading"}) is None
+    assert names.log_line(CREATED, "trainer_status", {"state": "loading"}).endswith("trainer: loading")
 
 
 def test_progress_and_metrics_lines_show_the_step() -> None:

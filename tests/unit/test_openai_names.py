@@ -90,24 +90,6 @@ def test_metadata_within_limits_is_kept() -> None:
     assert names.check_metadata(None) is None
 
 
-def test_trainer_echoes_of_server_statuses_are_hidden() -> None:
-    # server queued, server running, trainer loading, trainer running, trainer succeeded, server succeeded
-    seqs = [(1, "queued", False), (2, "running", False), (3, "loading", False), (5, "running", False)]
-    seqs += [(9, "succeeded", False), (10, "succeeded", False)]
-    assert names.shown_status_seqs(seqs) == {1, 2, 9}
-
-
-def test_the_trainer_stopping_for_a_pause_is_not_a_cancel() -> None:
-    seqs = [(1, "queued", False), (2, "running", False), (4, "pausing", False), (6, "stopped", False)]
-    seqs += [(7, "paused", False), (8, "queued", False), (9, "running", False)]
-    assert names.shown_status_seqs(seqs) == {1, 2, 4, 7, 8, 9}
-
-
-def test_only_the_failure_that_carries_its_reason_is_shown() -> None:
-    seqs = [(1, "queued", False), (2, "running", False), (5, "failed", False), (6, "failed", True)]
-    assert names.shown_status_seqs(seqs) == {1, 2, 6}
-
-
 def test_metrics_are_thinned_to_about_a_hundred_keeping_the_last_step() -> None:
     kept = [s for s in range(1, 6401) if names.keep_metrics_step(s, 6400)]
     assert len(kept) == 100 and kept[-1] == 6400
@@ -140,6 +122,12 @@ def test_first_queued_status_is_the_creation_and_progress_is_not_shown() -> None
     assert names.render_event(3, "progress", {"step": 1}, "ftjob-x", 8, "m") is None
     failed = names.render_event(4, "status", {"state": "failed", "error": "boom"}, "ftjob-x", 8, "m")
     assert failed is not None and (failed.level, failed.message) == ("error", "boom")
+
+
+def test_the_trainers_own_reports_are_not_job_events() -> None:
+    # Its phases echo the job's status, and its error reason reaches the client with the failed status.
+    for type_, payload in [("trainer_status", {"state": "running"}), ("error", {"reason": "boom"})]:
+        assert names.render_event(5, type_, payload, "ftjob-x", 8, "m") is None
 
 
 def test_results_csv_merges_train_and_eval_rows_per_step() -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from tunehouse.core import catalog
+from tunehouse.core.events import TRAINER_STATUS
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Checkpoint, Event, Model, Run
 
@@ -71,6 +72,8 @@ def event_summary(type_: str, payload: dict[str, Any]) -> str:
     if type_ == "status":
         text = f"state → {payload.get('state', '?')}"
         return text + (f": {payload['error']}" if payload.get("error") else "")
+    if type_ == TRAINER_STATUS:
+        return f"trainer: {payload.get('state', '?')}"
     if type_ == "log":
         return str(payload.get("message", ""))
     if type_ == "checkpoint":

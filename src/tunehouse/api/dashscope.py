@@ -659,7 +659,7 @@ async def stream_fine_tune(
                 return
             for seq, time, type_, payload in rows:
                 if type_ == "status":
-                    current = names.event_status(payload) or current
+                    current = names.event_status(payload)
                 line = names.log_line(time, type_, payload)
                 yield _frame(seq, {"job_id": job_id, "status": current, "log": line})
                 after = seq

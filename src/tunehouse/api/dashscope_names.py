@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tunehouse.core.errors import InvalidParameter
+from tunehouse.core.events import TRAINER_STATUS
 from tunehouse.core.ids import KEY_LEN
 from tunehouse.core.states import RunState
 
@@ -81,12 +82,9 @@ def status_of(state: str) -> str:
     return STATUS[RunState(state)]
 
 
-def event_status(payload: dict[str, Any]) -> str | None:
-    """The DashScope status a status event announces; None for trainer phases such as "loading"."""
-    try:
-        return STATUS[RunState(str(payload.get("state")))]
-    except ValueError:
-        return None
+def event_status(payload: dict[str, Any]) -> str:
+    """The DashScope status a status event (a state the server moved the run to) announces."""
+    return STATUS[RunState(str(payload.get("state")))]
 
 
 def training_type_in(value: Any) -> tuple[str, str]:
@@ -227,10 +225,11 @@ def log_line(time: datetime, type_: str, payload: dict[str, Any]) -> str:
     """One event of a run's record as one human-readable log line."""
     p = payload
     if type_ == "status":
-        status = event_status(p)
-        text = f"status: {status}" if status else f"trainer: {p.get('state')}"
+        text = f"status: {event_status(p)}"
         if p.get("error"):
             text += f" ({p['error']})"
+    elif type_ == TRAINER_STATUS:
+        text = f"trainer: {p.get('state')}"
     elif type_ == "log":
         text = str(p.get("message", ""))
     elif type_ == "progress":

@@ -577,10 +577,6 @@ def list_events(
     with ctx.db.session() as s:
         run = _run(s, caller, job_id)
         before = _cursor_number(request.query_params.get("after") or None, f"{names.EVENT_PREFIX}{run.key}-")
-        statuses = s.execute(
-            select(Event.seq, Event.payload).where(Event.run_id == run.id, Event.type == "status")
-        ).all()
-        shown = names.shown_status_seqs([(q, str(p.get("state")), bool(p.get("error"))) for q, p in statuses])
         model_name = str(run.extra.get("output_name", ""))
         q = select(Event).where(Event.run_id == run.id, Event.type != "progress")
         if before is not None:
@@ -588,8 +584,6 @@ def list_events(
         data: list[dict[str, Any]] = []
         more = False
         for e in s.scalars(q.order_by(Event.seq.desc()).execution_options(yield_per=200)):
-            if e.type == "status" and e.seq not in shown:
-                continue
             if e.type == "metrics" and not names.keep_metrics_step(
                 int(e.payload.get("step", 0)), run.total_steps
             ):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tunehouse.core.events import TRAINER_STATUS
 from tunehouse.core.states import RunState
 
 JOB_PREFIX = "ftjob-"
@@ -179,12 +180,10 @@ def _fmt_loss(x: Any) -> str:
 def render_event(
     seq: int, type_: str, payload: dict[str, Any], job: str, total_steps: int, model_name: str
 ) -> RenderedEvent | None:
-    """One core event as an OpenAI event; None for events OpenAI does not show (per-step progress)."""
+    """One core event as an OpenAI event; None for events OpenAI does not show: per-step progress, the
+    trainer's own phases, and its error report (the failed status that follows carries the same reason)."""
     if type_ == "status":
-        try:
-            state = RunState(payload.get("state", RunState.QUEUED))
-        except ValueError:
-            return None  # a trainer-only state such as "loading"
+        state = RunState(payload.get("state", RunState.QUEUED))
         if state == RunState.QUEUED:
             # The first queued status is the creation; a later one is a resume (or a crash recovery).
             text = f"Created fine-tuning job: {job}" if seq == 1 else "Job resumed"
@@ -213,7 +212,7 @@ def render_event(
             if "eval_token_accuracy" in payload:
                 data["full_valid_mean_token_accuracy"] = payload["eval_token_accuracy"]
         return RenderedEvent("info", f"Step {step}/{total_steps}: {', '.join(parts)}", "metrics", data)
-    if type_ == "progress":
+    if type_ in ("progress", TRAINER_STATUS, "error"):
         return None
     if type_ == "checkpoint":
         return RenderedEvent("info", f"Checkpoint created at step {payload.get('step')}", "message", {})
@@ -221,32 +220,9 @@ def render_event(
         return RenderedEvent("info", f"Checkpoint at step {payload.get('step')} removed", "message", {})
     if type_ == "model":
         return RenderedEvent("info", f"New fine-tuned model created: {model_name}", "message", {})
-    if type_ == "error":
-        return RenderedEvent("error", str(payload.get("reason") or "the trainer failed"), "message", {})
     if type_ == "log":
         return RenderedEvent("info", str(payload.get("message", "")), "message", {})
     return RenderedEvent("info", f"{type_}: {payload}", "message", {})
-
-
-def shown_status_seqs(statuses: list[tuple[int, str, bool]]) -> set[int]:
-    """Which status events (seq, state, carries an error) are real changes of the job's status.
-
-    Server and trainer both record status events: the trainer's "loading", its echo of running or
-    succeeded, the "stopped" it says when a pause makes it exit, and its bare "failed" before the
-    server's failed-with-reason are not news to an OpenAI client.
-    """
-    shown: set[int] = set()
-    current: str | None = None
-    for seq, state, has_error in sorted(statuses):
-        if state == "loading" or state == current:
-            continue
-        if state == RunState.STOPPED and current == RunState.PAUSING:
-            continue
-        if state == RunState.FAILED and not has_error:
-            continue
-        shown.add(seq)
-        current = state
-    return shown
 
 
 def keep_metrics_step(step: int, total_steps: int) -> bool:

@@ -20,6 +20,8 @@ _METRIC_KEYS = (
     "learning_rate",
     "grad_norm",
 )
+# The trainer's phases (loading, running, stopped, ...) as it reported them; see apply_trainer_events.
+TRAINER_STATUS = "trainer_status"
 _PROGRESS_KEYS = ("tokens_per_second", "eta_seconds", "epoch", "trained_tokens", "padding_share")
 
 
@@ -56,13 +58,16 @@ def apply_trainer_events(s: Session, run: Run, events: list[dict[str, Any]]) -> 
     """Store trainer events not seen before (idempotent by trainer seq) and fold them into the run.
 
     Returns the newly applied events; status changes are left to the caller (the scheduler decides them).
+    The trainer's own status reports are kept as ``trainer_status``: in the record, ``status`` is the run's
+    state as the server moved it, so no reader has to tell a state change from the trainer's echo of it.
     """
     fresh = [e for e in events if int(e.get("seq", 0)) > run.last_event_seq]
     first = _next_seq(s, run) if fresh else 0
     for i, e in enumerate(fresh):
         payload = e.get("payload") or {}
         type_ = str(e.get("type", "log"))
-        record_event(s, run, type_, payload, _parse_time(e.get("time")), seq=first + i)
+        stored = TRAINER_STATUS if type_ == "status" else type_
+        record_event(s, run, stored, payload, _parse_time(e.get("time")), seq=first + i)
         run.last_event_seq = int(e["seq"])
         if type_ == "progress":
             run.step = int(payload.get("step", run.step))
