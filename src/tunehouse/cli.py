@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, keys, models."""
+"""The `tunehouse` command: serve, keys, models, accounts."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API credentials.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts (tenants) and their limits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(accounts_app, name="accounts")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -101,6 +103,35 @@ def keys_create(
     for k, v in payload.items():
         table.add_row(k, v)
     console.print(table)
+
+
+@accounts_app.command("limit")
+def accounts_limit(
+    account: Annotated[str, typer.Argument(help="Account (tenant) name; created if new.")],
+    max_active_runs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Runs the account may have queued or training at once."),
+    ] = None,
+    no_limit: Annotated[bool, typer.Option("--no-limit", help="Lift the limit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Limit how many runs ACCOUNT may have queued or running at once; more are refused until one ends."""
+    if (max_active_runs is None) == (not no_limit):
+        err_console.print("[red]error:[/red] give exactly one of --max-active-runs N and --no-limit")
+        raise typer.Exit(2)
+    ctx = open_context(_settings())
+    try:
+        with ctx.db.session() as s:
+            acc = accounts.get_or_create_account(s, account)
+            accounts.set_run_limit(s, acc, max_active_runs)
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"account": account, "max_active_runs": max_active_runs}))
+        return
+    shown = "no limit" if max_active_runs is None else f"at most {max_active_runs} active run(s)"
+    console.print(f"{account}: {shown}")
 
 
 @models_app.command("list")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.accounts import (
@@ -17,9 +17,10 @@ from tunehouse.core.accounts import (
     find_signing_secret,
     get_or_create_account,
     issue_keys,
+    set_run_limit,
 )
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import apply_trainer_events, events_page
 from tunehouse.core.files import upload_file
 from tunehouse.core.jobs import create_job, delete_job, get_job
@@ -31,7 +32,9 @@ from tunehouse.core.runs import (
     delete_run,
     get_run,
     move,
+    request_pause,
     request_stop,
+    resume,
 )
 from tunehouse.core.secrets_box import SecretBox
 from tunehouse.core.states import RunState
@@ -311,6 +314,65 @@ def test_deleting_a_job_whose_runs_ended_removes_the_job_and_its_runs(s, make_ru
         get_job(s, account.id, job.key)
     with pytest.raises(NotFound):
         get_run(s, account.id, run.key)
+
+
+# --- the account's limit on active runs ----------------------------------------------------------------
+
+
+def test_an_account_without_a_limit_may_queue_any_number_of_runs(s, make_run, account):
+    assert account.max_active_runs is None
+    assert len([make_run() for _ in range(5)]) == 5
+
+
+def test_a_run_beyond_the_accounts_limit_is_refused_and_not_created(s, make_run, account, job):
+    set_run_limit(s, account, 2)
+    make_run()
+    move(s, make_run(), RunState.RUNNING)
+
+    with pytest.raises(QuotaExceeded) as refused:
+        make_run()
+
+    assert refused.value.limit == 2 and "2 queued or running at once" in refused.value.message
+    assert s.scalar(select(func.count()).select_from(Run).where(Run.job_id == job.id)) == 2
+
+
+def test_ended_paused_and_deleted_runs_do_not_count_against_the_limit(s, make_run, account):
+    set_run_limit(s, account, 1)
+    stopped = make_run()
+    request_stop(s, stopped)
+    deleted = make_run()
+    request_stop(s, deleted)
+    delete_run(s, deleted)
+    paused = make_run()
+    request_pause(s, paused)
+
+    assert make_run().state == RunState.QUEUED
+
+
+def test_resuming_a_paused_run_counts_against_the_limit(s, make_run, account):
+    paused = make_run()
+    request_pause(s, paused)
+    make_run()
+    set_run_limit(s, account, 1)
+
+    with pytest.raises(QuotaExceeded):
+        resume(s, paused)
+    assert paused.state == RunState.PAUSED
+
+
+def test_one_accounts_runs_do_not_count_against_anothers_limit(s, make_run, tmp_path):
+    bob = get_or_create_account(s, "bob")
+    set_run_limit(s, bob, 1)
+    make_run()
+    make_run()
+    bobs_job = create_job(s, bob.id, "bob bot", model=TINY, train_mode="sft")
+    data = upload_file(s, tmp_path / "files", bob.id, "t.jsonl", json.dumps(CHAT_ROW).encode(), "fine-tune")
+    assert create_run(s, bobs_job, "lora", {}, [DatasetChoice(data)]).state == RunState.QUEUED
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_a_limit_below_one_is_refused(s, account, limit):
+    assert invalid(lambda: set_run_limit(s, account, limit)).field == "max_active_runs"
 
 
 # --- trainer events -----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import METHODS, TRAIN_MODES
-from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
@@ -461,7 +461,7 @@ async def create_run(
                 if e.resource == "job":
                     return not_found(request, session, "job")
                 errors["datasets"] = e.message
-            except (InvalidParameter, Conflict) as e:
+            except (InvalidParameter, Conflict, QuotaExceeded) as e:
                 errors[getattr(e, "field", "form")] = e.message
             except ValueError as e:  # e.g. a train mode the data layer does not support yet
                 errors["train_mode"] = str(e)
@@ -674,7 +674,7 @@ def run_action(
                 run_svc.resume(s, run)
     except NotFound:
         return not_found(request, session, "run")
-    except Conflict as e:
+    except (Conflict, QuotaExceeded) as e:
         return page(request, session, "error.html", status=409, title="Not possible now", message=e.message)
     return redirect(f"/console/runs/{run_key}?done={action}")
 

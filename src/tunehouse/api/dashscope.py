@@ -32,7 +32,7 @@ from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.accounts import find_api_key_account
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
@@ -109,6 +109,8 @@ class _DashScopeRoute(APIRoute):
                 return ds_error(404, "NotFound", f"Not found! {e.message}")
             except Conflict as e:
                 return ds_error(400, "UnsupportedOperation", e.message)
+            except QuotaExceeded as e:
+                return ds_error(429, "Throttling", e.message)
             except Exception:
                 log.exception("DashScope request failed")
                 return ds_error(500, "InternalError", "Internal server error!")

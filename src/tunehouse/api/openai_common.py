@@ -15,7 +15,7 @@ from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
 from tunehouse.core.accounts import find_api_key_account
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ class OpenAIRoute(APIRoute):
                 response = openai_error(404, e.message)
             except Conflict as e:
                 response = openai_error(400, e.message, code="invalid_state")
+            except QuotaExceeded as e:
+                # Seconds of backoff cannot end a training run: a retry would only repeat the refusal.
+                response = openai_error(
+                    429,
+                    e.message,
+                    type_="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers={"x-should-retry": "false"},
+                )
             except Exception:
                 log.exception("OpenAI-dialect request failed")
                 response = openai_error(500, "The server had an error while processing your request.")

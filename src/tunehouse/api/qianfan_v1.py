@@ -35,7 +35,7 @@ from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models
 from tunehouse.core.states import RunState
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/wenxinworkshop/finetune")
 
 PARAM_INVALID, NOT_FOUND, INTERNAL = 500001, 500002, 500000
+# The SDK's RequestLimitReached: a limit, and not one of the codes its console client retries.
+REQUEST_LIMIT = 4
 
 
 def _int_id(v: Any) -> Any:
@@ -211,6 +213,8 @@ def _call(
         return qianfan_v1_error(NOT_FOUND, e.message)
     except Conflict as e:
         return qianfan_v1_error(PARAM_INVALID, e.message)
+    except QuotaExceeded as e:
+        return qianfan_v1_error(REQUEST_LIMIT, e.message)
     except Exception:
         log.exception("Qianfan V1 call failed")
         return qianfan_v1_error(INTERNAL, "internal error")

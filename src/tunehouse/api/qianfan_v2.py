@@ -35,7 +35,7 @@ from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.pagination import Page, marker_page
 from tunehouse.core.registry import base_models
@@ -360,6 +360,8 @@ def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any],
         return qianfan_v2_error(404, "ResourceNotFound", e.message, req_id=rid)
     except Conflict as e:
         return qianfan_v2_error(409, "InvalidState", e.message, req_id=rid)
+    except QuotaExceeded as e:
+        return qianfan_v2_error(429, "QuotaLimitExceeded", e.message, req_id=rid)
     except Exception:
         log.exception("Qianfan V2 action failed")
         return qianfan_v2_error(500, "InternalError", "internal error", req_id=rid)

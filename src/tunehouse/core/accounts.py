@@ -42,6 +42,13 @@ def get_or_create_account(s: Session, name: str) -> Account:
     return acc
 
 
+def set_run_limit(s: Session, account: Account, limit: int | None) -> None:
+    """At most ``limit`` queued or running runs at once for this account; None lifts the limit."""
+    if limit is not None and limit < 1:
+        raise InvalidParameter("max_active_runs", "must be at least 1 (or no limit)")
+    account.max_active_runs = limit
+
+
 def issue_keys(s: Session, box: SecretBox, account: Account, label: str = "") -> IssuedKeys:
     access_key = secrets.token_hex(16)
     secret_key = secrets.token_hex(16)

@@ -26,3 +26,11 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The entity's current state does not allow the operation."""
+
+
+class QuotaExceeded(DomainError):
+    """The account is at one of its limits; the same request succeeds once something of its own ends."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit

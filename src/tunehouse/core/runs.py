@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import record_event
 from tunehouse.core.ids import new_key
 from tunehouse.core.registry import output_name_taken, resolve_model
-from tunehouse.core.states import TERMINAL, RunState, check_move
-from tunehouse.store.models import Checkpoint, File, Job, Model, Run
+from tunehouse.core.states import TERMINAL, WANTS_TRAINER, RunState, check_move
+from tunehouse.store.models import Account, Checkpoint, File, Job, Model, Run
 from tunehouse.trainer.data import formats_for_train_mode
 
 # Percent of training rows held out for evaluation; dialects may allow less (Qianfan: 20).
@@ -76,6 +76,7 @@ def create_run(
     name = (output_name or "{base}-ft-{key}").replace("{key}", key).replace("{base}", target.base.name)
     if output_name_taken(s, job.account_id, name) or _claimed_by_live_run(s, job.account_id, name):
         raise Conflict(f"Model name {name} already exists, please specify another name")
+    check_run_limit(s, job.account_id)
     # The job's model and mode are fixed by its first run when the job was created without them.
     job.base_model, job.train_mode = model, train_mode
     version = (s.scalar(select(func.count()).select_from(Run).where(Run.job_id == job.id)) or 0) + 1
@@ -106,6 +107,30 @@ def create_run(
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
     return run
+
+
+def check_run_limit(s: Session, account_id: int) -> None:
+    """Refuse one more queued run when the account already has as many as its limit allows."""
+    # The row lock makes concurrent creates of one account take turns (PostgreSQL; SQLite has one writer).
+    account = s.get_one(Account, account_id, with_for_update=True)
+    limit = account.max_active_runs
+    if limit is None:
+        return
+    active = s.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(
+            Run.account_id == account_id,
+            Run.deleted_at.is_(None),
+            Run.state.in_([st.value for st in WANTS_TRAINER]),
+        )
+    )
+    if (active or 0) >= limit:
+        raise QuotaExceeded(
+            f"Too many active fine-tuning jobs: this account may have {limit} queued or running at once "
+            f"and has {active}. Wait for one to finish, or cancel or pause one.",
+            limit,
+        )
 
 
 def _claimed_by_live_run(s: Session, account_id: int, name: str) -> bool:
@@ -217,6 +242,7 @@ def resume(s: Session, run: Run) -> None:
     """Queue a paused run again; it continues exactly from its last checkpoint."""
     if run.state != RunState.PAUSED:
         raise Conflict(f"a {run.state} run cannot be resumed; only a paused one")
+    check_run_limit(s, run.account_id)
     ckpts = checkpoints(s, run)
     if ckpts:
         run.resume_from = ckpts[-1].path

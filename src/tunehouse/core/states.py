@@ -21,6 +21,8 @@ class RunState(StrEnum):
 
 TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED})
 ACTIVE = frozenset({RunState.RUNNING, RunState.STOPPING, RunState.PAUSING})
+# Runs that hold or wait for a trainer: what an account's limit on active runs counts (paused ones free it).
+WANTS_TRAINER = frozenset({RunState.VALIDATING, RunState.QUEUED} | ACTIVE)
 
 _ALLOWED: dict[RunState, frozenset[RunState]] = {
     RunState.VALIDATING: frozenset({RunState.QUEUED, RunState.FAILED, RunState.STOPPED}),

@@ -51,6 +51,8 @@ class Account(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Runs this tenant may have queued or training at once; None: no limit beyond the node's capacity.
+    max_active_runs: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class Credential(Base):
