@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from tunehouse.config import Settings
 from tunehouse.core import runs as run_svc
@@ -99,15 +99,13 @@ class Scheduler:
                 .values(lease_owner=self.owner, lease_expires_at=now + LEASE)
             )
 
+    def _mine(self) -> ColumnElement[bool]:
+        """Active runs this scheduler holds the lease of."""
+        return and_(Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner)
+
     def _my_active_runs(self) -> list[int]:
         with self.db.session() as s:
-            return list(
-                s.scalars(
-                    select(Run.id)
-                    .where(Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner)
-                    .order_by(Run.id)
-                )
-            )
+            return list(s.scalars(select(Run.id).where(self._mine()).order_by(Run.id)))
 
     # ---- following a launched run ----------------------------------------------------------------
     def _follow(self, run_id: int) -> None:
@@ -277,13 +275,7 @@ class Scheduler:
             self._launch(rid)
 
     def _my_active_handles(self, s: Any) -> list[dict[str, Any]]:
-        return list(
-            s.scalars(
-                select(Run.handle).where(
-                    Run.state.in_([st.value for st in ACTIVE]), Run.lease_owner == self.owner
-                )
-            )
-        )
+        return list(s.scalars(select(Run.handle).where(self._mine())))
 
     def _launch(self, run_id: int) -> None:
         try:
