@@ -11,10 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tunehouse.api.app import create_app, open_context
 from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
+from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
 
@@ -162,13 +164,65 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 def models_add(
     name: Annotated[str, typer.Argument(help="Name clients will use, e.g. Qwen2.5-0.5B-Instruct.")],
     path: Annotated[Path, typer.Argument(help="Local Hugging Face model directory.")],
+    chat_template_fallback: Annotated[
+        str,
+        typer.Option(
+            help="If the model has no chat template: 'chatml' renders conversations as ChatML (with a "
+            "warning in each run's log), 'refuse' makes chat data a data error."
+        ),
+    ] = "chatml",
 ) -> None:
     """Register a local Hugging Face model directory as a base model."""
     ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
-            row = add_base_model(s, name, path)
+            row = add_base_model(s, name, path, chat_template_fallback)
             console.print(f"registered {row.name} → {row.path}")
     except DomainError as e:
         err_console.print(f"[red]error:[/red] {e.message}")
         raise typer.Exit(2) from None
+
+
+@models_app.command("check")
+def models_check(
+    name: Annotated[str, typer.Argument(help="A registered model's name.")],
+    conversation: Annotated[
+        Path | None,
+        typer.Option(help="A JSONL file whose first line is a chat `messages` row (default: an example)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Render a conversation through NAME's chat template and show which tokens a run would train."""
+    from tunehouse.trainer.data import DataError
+    from tunehouse.trainer.preview import EXAMPLE_CONVERSATION, conversation_from_file, preview
+
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        matches = [(m, acc) for m, acc in all_models(s) if m.name == name]
+    if not matches:
+        err_console.print(f"[red]error:[/red] no model named {name!r}; see `tunehouse models list`")
+        raise typer.Exit(2)
+    model = matches[0][0]
+    if model.name == TINY_MODEL and model.account_id is None:
+        from tunehouse.trainer.tiny import ensure_tiny_model
+
+        ensure_tiny_model(ctx.settings.home)
+    try:
+        turns = conversation_from_file(conversation) if conversation else EXAMPLE_CONVERSATION
+        out = preview(Path(model.path), turns, model.chat_template_fallback)
+    except DataError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"model": name, "segments": out["segments"]}))
+        return
+    if out["warning"]:
+        err_console.print(f"[yellow]warning:[/yellow] {out['warning']}")
+    text = Text()
+    for seg in out["segments"]:
+        text.append(seg["text"], style="bold black on green" if seg["trained"] else "dim")
+    console.print(text, soft_wrap=True, highlight=False)
+    console.print(
+        f"\n{out['trained_tokens']} of {out['tokens']} tokens trained "
+        "([bold black on green]highlighted[/bold black on green]); the rest is context."
+    )

@@ -326,6 +326,7 @@ class Scheduler:
             "resume_from": run.resume_from,
             "init_from": {"path": init["path"], "kind": init["kind"]} if init else None,
             "cache_dir": str(self.settings.home / "cache" / "tokenized"),
+            "chat_template_fallback": base.chat_template_fallback,
             "hyperparameters": hp,
         }
         return spec, run_dir

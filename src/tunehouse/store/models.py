@@ -82,6 +82,9 @@ class Model(Base):
     base_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     source_run_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A base model without a chat template: "chatml" renders conversations as ChatML, "refuse" makes chat data
+    # a data error.
+    chat_template_fallback: Mapped[str] = mapped_column(String(16), default="chatml", server_default="chatml")
 
 
 class File(Base):

@@ -53,6 +53,7 @@ class Turn:
     role: str
     content: str
     weight: int = 1  # 0 = keep as context, no loss on this assistant turn
+    reasoning: str | None = None  # an assistant turn's reasoning_content (DeepSeek / Qwen3 style)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,14 @@ def _parse_messages(messages: Any, line: int, prefix: str = "messages") -> tuple
                 issues.append(DataIssue(line, f"{where}.weight", "must be 0 or 1"))
             else:
                 weight = int(raw)
+        reasoning = msg.get("reasoning_content")
+        if reasoning is not None:
+            if role != "assistant":
+                issues.append(
+                    DataIssue(line, f"{where}.reasoning_content", "only allowed on assistant turns")
+                )
+            else:
+                issues += _check_text(reasoning, f"{where}.reasoning_content", line, allow_empty=True)
         if role == "system":
             if i != 0:
                 issues.append(DataIssue(line, f"{where}.role", "system is only allowed as the first message"))
@@ -154,7 +163,8 @@ def _parse_messages(messages: Any, line: int, prefix: str = "messages") -> tuple
         else:
             expected = "assistant" if role == "user" else "user"
         if isinstance(msg.get("content"), str):
-            turns.append(Turn(role, msg["content"], weight))
+            thought = reasoning if isinstance(reasoning, str) else None
+            turns.append(Turn(role, msg["content"], weight, thought))
     return turns, issues
 
 
