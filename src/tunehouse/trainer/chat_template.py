@@ -232,23 +232,21 @@ def _common_suffix(a: str, b: str, floor: int) -> int:
 
 def _content_region(tokenizer: Any, messages: list[dict[str, str]], index: int, full: str) -> tuple[int, int]:
     """Character span of message ``index``'s content within ``full``: render it again with the content
-    swapped for a sentinel; the renderings differ exactly there. Two sentinels with different first and last
-    characters, so content that happens to share one with a sentinel cannot widen the agreement."""
-    starts, ends = [], []
+    swapped for a sentinel; the renderings differ exactly there. If the content happens to start or end with
+    the sentinel's own character, the agreement reaches into it and the check below fails: the second
+    sentinel, with other characters, then settles it."""
     for sentinel in _SENTINELS:
         swapped = [dict(m) for m in messages]
         swapped[index]["content"] = sentinel
         other = _render(tokenizer, swapped)
         start = _common_prefix(full, other)
         tail = _common_suffix(full, other, start)
-        if other[start : len(other) - tail] != sentinel:
-            raise TemplateError(
-                f"cannot locate message {index} ({messages[index]['role']}) in the template's rendering: the "
-                "template renders its content more than once or rewrites it"
-            )
-        starts.append(start)
-        ends.append(len(full) - tail)
-    return min(starts), max(ends)
+        if other[start : len(other) - tail] == sentinel:
+            return start, len(full) - tail
+    raise TemplateError(
+        f"cannot locate message {index} ({messages[index]['role']}) in the template's rendering: the "
+        "template renders its content more than once or rewrites it"
+    )
 
 
 def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:

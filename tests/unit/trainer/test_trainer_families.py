@@ -331,3 +331,11 @@ def test_a_model_registered_to_refuse_a_default_template_fails_chat_data_before_
     (error,) = of_type(events, "error")
     assert error["kind"] == "data" and "no chat template" in error["reason"]
     assert "families.jsonl: line 1: messages:" in error["reason"]
+
+
+def test_a_reply_that_begins_and_ends_like_the_first_sentinel_is_still_located_exactly() -> None:
+    from tunehouse.trainer.chat_template import _SENTINELS
+
+    odd = _SENTINELS[0] + " odd reply " + _SENTINELS[0]
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": odd}]
+    assert trained_texts(prepared("qwen2_5"), turns_of(messages)) == [odd + "<|im_end|>"]
