@@ -240,14 +240,20 @@ def test_lora_runs_finish_with_equal_loss_packed_and_unpacked(
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_full_fine_tuning_finishes(key: str, family_dirs: dict[str, Path], make_spec: Any) -> None:
-    spec = _family_spec(make_spec, family_dirs[key], f"{key}-full")
-    data = json.loads(spec.read_text())
-    data["method"] = "full"
-    spec.write_text(json.dumps(data))
-    code, events = run_in_process(spec)
-    assert code == 0, of_type(events, "error")
-    assert of_type(events, "model")[0]["kind"] == "full"
+def test_full_fine_tuning_finishes_with_equal_loss_packed_and_unpacked(
+    key: str, family_dirs: dict[str, Path], make_spec: Any
+) -> None:
+    results = []
+    for packing in (True, False):
+        spec = _family_spec(make_spec, family_dirs[key], f"{key}-full-{packing}", packing=packing)
+        data = json.loads(spec.read_text())
+        data["method"] = "full"
+        spec.write_text(json.dumps(data))
+        code, events = run_in_process(spec)
+        assert code == 0, of_type(events, "error")
+        assert of_type(events, "model")[0]["kind"] == "full"
+        results.append(_losses(events))
+    assert results[0] == pytest.approx(results[1], rel=1e-4)
 
 
 # -- templates that refuse, models without one -------------------------------------------------------
