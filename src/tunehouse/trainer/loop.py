@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 
-from .batching import Batch, collate, collate_packed
+from .attention import choose_attention, is_varlen
+from .batching import Batch, collate, collate_packed, collate_varlen
 from .checkpoint import (
     REFERENCE_FILE,
     TrainState,
@@ -43,6 +44,7 @@ from .tokenization import (
     Pair,
     TokenizedRow,
     assemble,
+    prepare_tokenizer,
     split_holdout,
     tokenize_file,
     tokenizer_fingerprint,
@@ -121,19 +123,24 @@ def lr_factor(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int],
 
 
 def with_oom_retry(
-    step: Callable[[int], T], micro_batch: int, on_retry: Callable[[int, BaseException], None]
+    step: Callable[[int], T], micro_batch: int, on_retry: Callable[[int], None]
 ) -> tuple[T, int]:
-    """Run ``step(micro_batch)``; on out-of-memory, call ``on_retry(smaller, error)`` and run it once
-    more with half the micro-batch. The step's example count is fixed by the caller, so halving the
-    micro-batch doubles the accumulation. Returns (result, micro-batch that worked)."""
+    """Run ``step(micro_batch)``; on out-of-memory, call ``on_retry(smaller)`` (which drops what it holds
+    of the failed attempt, e.g. gradients) and run it once more with half the micro-batch. The step's
+    example count is fixed by the caller, so halving the micro-batch doubles the accumulation.
+    Returns (result, micro-batch that worked)."""
     try:
         return step(micro_batch), micro_batch
-    except torch.OutOfMemoryError as exc:
+    except torch.OutOfMemoryError:
         if micro_batch <= 1:
             raise
-        smaller = micro_batch // 2
-        on_retry(smaller, exc)
-        return step(smaller), smaller
+    # Retried only here, past the except block: while the exception is being handled its traceback
+    # keeps the failed attempt's frames, and with them its activations, alive.
+    smaller = micro_batch // 2
+    on_retry(smaller)
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # hand the freed blocks back so the retry can allocate them
+    return step(smaller), smaller
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
@@ -214,6 +221,7 @@ class Trainer:
         self.packing = spec.packing
         self.micro = self.hp.batch_size
         self.eval_micro: int | None = None  # set lower than ``micro`` once a no-grad pass ran out of memory
+        self.varlen = False  # set by _load_model: pack each micro-batch into one row (flash attention)
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
@@ -302,15 +310,14 @@ class Trainer:
 
         spec, hp, init = self.spec, self.hp, self.spec.init_from
         source = resume if resume is not None and spec.method == "full" else self.base_path
-        attn = "sdpa"
-        if self.device.type == "cuda":
-            try:
-                import flash_attn  # noqa: F401 - varlen kernels make packed rows free of masking cost
-
-                attn = "flash_attention_2"
-            except ImportError:
-                pass
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=self.load_dtype, attn_implementation=attn)
+        half = self.autocast or self.load_dtype in (torch.float16, torch.bfloat16)
+        choice = choose_attention(source, self.device.type, half_precision=half)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=self.load_dtype, attn_implementation=choice.implementation
+        )
+        attn = model.config._attn_implementation  # what transformers settled on, hub kernels resolved
+        # Flash separates packed examples only within a single row: pack each micro-batch into one.
+        self.varlen = is_varlen(attn)
         model.config.use_cache = False
         adapter_init = init is not None and init.kind == "lora_adapter" and resume is None
         if spec.method == "full" and adapter_init:
@@ -349,9 +356,11 @@ class Trainer:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         dtype = str(self.load_dtype).removeprefix("torch.")
+        layout = "one varlen row per micro-batch" if self.varlen else "rows with a block mask"
         self.events.log(
             f"model: {spec.train_mode} {spec.method} on {self.device.type}, weights {dtype}"
-            f"{', bf16 autocast' if self.autocast else ''}, attention {attn}, "
+            f"{', bf16 autocast' if self.autocast else ''}, attention {attn} ({choice.reason}), "
+            f"packing {layout if self.packing else 'off'}, "
             f"{trainable:,} of {total:,} parameters trainable"
         )
         return model
@@ -373,6 +382,8 @@ class Trainer:
 
     def _batch(self, examples: list[Example], pack: bool | None = None) -> Batch:
         if self.packing if pack is None else pack:
+            if self.varlen:
+                return collate_varlen(examples, self.device)
             return collate_packed(examples, self.hp.max_seq_len, self.pad_id, self.device)
         return collate(examples, self.pad_id, self.device)
 
@@ -405,9 +416,7 @@ class Trainer:
         on it, because every pass sums over examples."""
         size = min(self.eval_micro or self.micro, self.micro)
 
-        def on_retry(smaller: int, exc: BaseException) -> None:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        def on_retry(smaller: int) -> None:
             self.events.log(f"out of memory during {what}: retrying with micro-batch {smaller} (was {size})")
 
         result, used = with_oom_retry(work, size, on_retry)
@@ -525,6 +534,10 @@ class Trainer:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, any id will do
         self.pad_id = tokenizer.pad_token_id
+        if spec.train_mode != "pretrain":
+            _, warning = prepare_tokenizer(tokenizer, self.base_path, spec.chat_template_fallback)
+            if warning:
+                events.log(f"warning: {warning}")
         self._load_data(tokenizer)
         if self.stop.requested:
             events.status("stopped")
@@ -737,10 +750,8 @@ class Trainer:
                 return self._dpo_step(model, items, indices, micro)
             return self._sft_step(model, items, micro)
 
-        def on_retry(smaller: int, exc: BaseException) -> None:
+        def on_retry(smaller: int) -> None:
             optimizer.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
             before, after = math.ceil(self.per_step / self.micro), math.ceil(self.per_step / smaller)
             self.events.log(
                 f"out of memory at step {step_number}: retrying with micro-batch {smaller} (was "
