@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.catalog import METHODS, TRAIN_MODES
+from tunehouse.core.catalog import METHODS, TINY_MODEL, TRAIN_MODES
 from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
@@ -42,6 +45,7 @@ from tunehouse.store.models import Job, Model, Run
 from tunehouse.trainer.data import formats_for_train_mode
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_DIR = (HERE / "console_static").resolve()
@@ -402,6 +406,117 @@ async def validate_upload(request: Request, session: ConsoleSession = Depends(fo
         return _secure(JSONResponse({"error": "no file given"}, status_code=400))
     reports = [await run_in_threadpool(_validate_bytes, name, data) for name, data in files]
     return _secure(JSONResponse({"files": reports}))
+
+
+PREVIEW_FORMATS = {"chat", "prompt_response"}  # conversations; text and preference rows are not previewed
+PREVIEW_TIMEOUT_S = 60.0
+PREVIEW_LINE_MAX = 1 << 20
+PREVIEW_SLOTS = 2  # each preview is a process loading transformers; clicking through files forks no crowd
+
+
+class _PreviewError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _first_line(path: Path) -> bytes:
+    """A stored file's first non-blank line: the preview never reads (or validates) the whole file."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                return line[:PREVIEW_LINE_MAX]
+    return b""
+
+
+def _preview_source(ctx: AppContext, account: int, model_name: str, file_key: str) -> dict[str, Any]:
+    """The model directory holding the tokenizer, and the base model's fallback for a missing template."""
+    with ctx.db.session() as s:
+        try:
+            resolved = registry.resolve_model(s, account, model_name)
+        except InvalidParameter as e:
+            raise _PreviewError(400, e.message) from None
+        model_dir = resolved.init_from["path"] if resolved.init_from else resolved.base.path
+        source = {"model_dir": model_dir, "fallback": resolved.base.chat_template_fallback}
+        if resolved.base.name == TINY_MODEL and not resolved.init_from:
+            source["tiny"] = True
+        if file_key:
+            try:
+                f = file_svc.get_file(s, account, key=file_key)
+            except NotFound:
+                raise _PreviewError(404, f"No such file: {file_key}.") from None
+            source.update(format=f.format, path=f.path)
+    return source
+
+
+async def _run_preview(model_dir: str, fallback: str, line: bytes) -> tuple[int, dict[str, Any]]:
+    """``python -m tunehouse.trainer.preview`` in a child process: the server never loads transformers."""
+    with tempfile.TemporaryDirectory(prefix="tunehouse-preview-") as tmp:
+        conversation = Path(tmp) / "conversation.jsonl"
+        await run_in_threadpool(conversation.write_bytes, line.rstrip(b"\r\n") + b"\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tunehouse.trainer.preview", model_dir,
+            "--conversation", str(conversation), "--fallback", fallback,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), PREVIEW_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 504, {"error": f"The preview took longer than {PREVIEW_TIMEOUT_S:.0f} s."}
+    try:
+        result = json.loads(out.decode())
+    except ValueError:
+        log.warning("preview of %s failed (exit %s): %s", model_dir, proc.returncode, err.decode()[-2000:])
+        return 500, {"error": "The preview failed; the server log has the details."}
+    if "error" in result:  # the temporary file's name means nothing to the user
+        result["error"] = str(result["error"]).removeprefix(f"{conversation.name}: ")
+    return (200 if proc.returncode == 0 else 400), result
+
+
+@router.post("/console/preview")
+async def preview_conversation(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
+) -> Response:
+    """What a run would train on from a dataset's first conversation, for the new-run page: either a
+    stored file of the account (``file``: its key) or the first line of a file about to be uploaded."""
+    form = await request.form()
+    model = form.get("model")
+    file_key = form.get("file")
+    line = form.get("line")
+    if not isinstance(model, str) or not model:
+        return _secure(JSONResponse({"error": "no model given"}, status_code=400))
+    if not (isinstance(file_key, str) and file_key) and not (isinstance(line, str) and line.strip()):
+        return _secure(JSONResponse({"error": "give a file key or a line"}, status_code=400))
+    try:
+        source = await run_in_threadpool(
+            _preview_source, ctx, _account(session), model, file_key if isinstance(file_key, str) else ""
+        )
+    except _PreviewError as e:
+        return _secure(JSONResponse({"error": e.message}, status_code=e.status))
+    if "path" in source:
+        data = await run_in_threadpool(_first_line, Path(source["path"]))
+        fmt = source["format"]
+    else:
+        data = str(line).encode()[:PREVIEW_LINE_MAX]
+        fmt = (await run_in_threadpool(file_svc.validate_bytes, data, 1)).format
+    if fmt not in PREVIEW_FORMATS:
+        return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
+    if source.get("tiny"):
+        from tunehouse.trainer.tiny import ensure_tiny_model  # built on first use, as the scheduler does
+
+        await run_in_threadpool(ensure_tiny_model, ctx.settings.home)
+    if not await run_in_threadpool(Path(source["model_dir"]).is_dir):
+        missing = f"The model's directory is missing: {source['model_dir']}"
+        return _secure(JSONResponse({"error": missing}, status_code=400))
+    slots = getattr(request.app.state, "preview_slots", None)
+    if slots is None:  # one per app, made on the app's own event loop
+        slots = request.app.state.preview_slots = asyncio.Semaphore(PREVIEW_SLOTS)
+    async with slots:
+        status, result = await _run_preview(source["model_dir"], source["fallback"], data)
+    return _secure(JSONResponse(result, status_code=status))
 
 
 def _store_uploads(ctx: AppContext, account: int, uploads: list[tuple[str, bytes]]) -> tuple[list[str], list]:
