@@ -14,7 +14,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
 from starlette.datastructures import UploadFile
@@ -30,6 +37,7 @@ from tunehouse.api.console_auth import (
     sign_in,
 )
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -124,6 +132,19 @@ def redirect(url: str, session: ConsoleSession | None = None, request: Request |
     return _secure(RedirectResponse(url, status_code=303), session, request)
 
 
+def error_page(status: int, message: str) -> Response:
+    """The console's answer to a request no page handled (unknown path, bad query, over-limit body)."""
+    titles = {400: "Bad request", 404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Slow down"}
+    html = templates.get_template("error.html").render(
+        session=ConsoleSession(csrf=""),
+        notice=None,
+        path="",
+        title=titles.get(status, "Error"),
+        message=message,
+    )
+    return _secure(HTMLResponse(html, status_code=status))
+
+
 def not_found(request: Request, session: ConsoleSession, what: str) -> Response:
     return page(request, session, "error.html", status=404, title="Not found", message=f"No such {what}.")
 
@@ -210,7 +231,7 @@ def _like(term: str) -> str:
 def jobs_page(
     request: Request,
     q: str = "",
-    page_no: int = Query(1, alias="page"),
+    page_no: int = Query(1, alias="page", ge=1, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
@@ -591,14 +612,14 @@ def _sse(event: str, data: Any, ident: int | None = None) -> str:
 async def run_stream(
     request: Request,
     run_key: str,
-    after: int = 0,
+    after: int = Query(0, ge=0, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
     """New events of the run as they are stored, and its headline numbers; ends once the run has ended."""
     account = _account(session)
     last_id = request.headers.get("last-event-id", "")
-    if last_id.isdigit():
+    if last_id.isdigit() and int(last_id) <= MAX_QUERY_INT:
         # A reconnecting EventSource resumes after the last event it received.
         after = max(after, int(last_id))
 

@@ -10,10 +10,12 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
+from tunehouse.api.limits import echo
 from tunehouse.core.accounts import find_api_key_account
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
@@ -68,6 +70,8 @@ class OpenAIRoute(APIRoute):
                     code="rate_limit_exceeded",
                     headers={"x-should-retry": "false"},
                 )
+            except ClientDisconnect:
+                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
                 log.exception("OpenAI-dialect request failed")
                 response = openai_error(500, "The server had an error while processing your request.")
@@ -108,7 +112,7 @@ def limit_param(request: Request, default: int, maximum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise OpenAIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
+        raise OpenAIError(400, f"limit must be an integer, got {echo(raw)!r}", param="limit") from None
     if value < 1:
         raise OpenAIError(400, f"limit must be at least 1, got {value}", param="limit")
     return min(value, maximum)
@@ -125,4 +129,4 @@ def listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 def bad_cursor(after: str) -> OpenAIError:
-    return OpenAIError(400, f"Invalid 'after': no item {after!r} in this list.", param="after")
+    return OpenAIError(400, f"Invalid 'after': no item {echo(after)!r} in this list.", param="after")

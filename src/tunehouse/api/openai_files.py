@@ -125,8 +125,8 @@ async def create_file(
             param="purpose",
             code="invalid_value",
         )
-    data = await part.read()
-    if len(data) > file_svc.MAX_BYTES:
+    # The multipart parser spooled the part to disk; it is copied to storage a chunk at a time from there.
+    if part.size is not None and part.size > file_svc.MAX_BYTES:
         raise OpenAIError(413, f"The file is larger than {file_svc.MAX_BYTES} bytes.", param="file")
     # The rule is checked before storing, so a bad expiry does not leave a file behind.
     expires_after_s = _expiry(form)
@@ -134,12 +134,12 @@ async def create_file(
 
     def store() -> dict[str, Any]:
         with ctx.db.session() as s:
-            row = file_svc.upload_file(
+            row = file_svc.upload_stream(
                 s,
                 ctx.settings.files_dir,
                 caller.account_id,
                 name,
-                data,
+                part.file,
                 purpose,
                 expires_after_s=expires_after_s,
             )

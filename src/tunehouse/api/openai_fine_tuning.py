@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
 from tunehouse.api.openai_common import openai_caller as caller_dep
 from tunehouse.api.openai_files import lookup as lookup_file
@@ -564,9 +565,12 @@ def _cursor_number(after: str | None, prefix: str) -> int | None:
     if not after.startswith(prefix):
         raise bad_cursor(after)
     try:
-        return int(after[len(prefix) :])
+        value = int(after[len(prefix) :])
     except ValueError:
         raise bad_cursor(after) from None
+    if not 0 <= value <= MAX_QUERY_INT:
+        raise bad_cursor(after)
+    return value
 
 
 @router.get("/jobs/{job_id}/events")
