@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFo
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode
+from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
 
 router = APIRouter(include_in_schema=False)
 
@@ -392,9 +394,13 @@ def new_run_page(
     return page(request, session, "run_new.html", title="New run", errors={}, upload_reports=[], **context)
 
 
-def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
-    """The validator's verdict on an upload, line by line, without storing anything."""
-    report = file_svc.validate_bytes(data, max_errors=50)
+def _validate_upload(filename: str, part: UploadFile) -> dict[str, Any]:
+    """The validator's verdict on an upload, line by line, read from its spooled copy; nothing is stored."""
+    part.file.seek(0)
+    with tempfile.NamedTemporaryFile(suffix=".check") as tmp:
+        shutil.copyfileobj(part.file, tmp, file_svc.CHUNK)
+        tmp.flush()
+        report = validate_dataset(Path(tmp.name), max_errors=50)
     modes = [mode for mode in TRAIN_MODES if report.format in formats_for_train_mode(mode)]
     return {
         "filename": filename,
@@ -407,35 +413,35 @@ def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
     }
 
 
-async def _uploads(form: Any, field: str) -> list[tuple[str, bytes]]:
-    out = []
-    for item in form.getlist(field):
-        if isinstance(item, UploadFile) and item.filename:
-            out.append((item.filename, await item.read()))
-    return out
+def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile]]:
+    return [(i.filename, i) for i in form.getlist(field) if isinstance(i, UploadFile) and i.filename]
 
 
 @router.post("/console/files/validate")
 async def validate_upload(request: Request, session: ConsoleSession = Depends(form_post)) -> Response:
     form = await request.form()
-    files = await _uploads(form, "file")
+    files = _uploads(form, "file")
     if not files:
         return _secure(JSONResponse({"error": "no file given"}, status_code=400))
-    reports = [await run_in_threadpool(_validate_bytes, name, data) for name, data in files]
+    reports = [await run_in_threadpool(_validate_upload, name, part) for name, part in files]
     return _secure(JSONResponse({"files": reports}))
 
 
-def _store_uploads(ctx: AppContext, account: int, uploads: list[tuple[str, bytes]]) -> tuple[list[str], list]:
+def _store_uploads(
+    ctx: AppContext, account: int, uploads: list[tuple[str, UploadFile]]
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Valid files are stored (each in its own transaction: a later failure keeps them for reuse)."""
     keys: list[str] = []
     reports: list[dict[str, Any]] = []
-    for name, data in uploads:
-        report = _validate_bytes(name, data)
+    for name, part in uploads:
+        report = _validate_upload(name, part)
         if not report["ok"]:
             reports.append(report)
             continue
+        part.file.seek(0)
         with ctx.db.session() as s:
-            keys.append(file_svc.upload_file(s, ctx.settings.files_dir, account, name, data, "fine-tune").key)
+            row = file_svc.upload_stream(s, ctx.settings.files_dir, account, name, part.file, "fine-tune")
+            keys.append(row.key)
     return keys, reports
 
 
@@ -460,8 +466,8 @@ async def create_run(
         "validation": [v for v in form.getlist("validation") if isinstance(v, str)],
         "hp": {k[3:]: v for k, v in text.items() if k.startswith("hp.")},
     }
-    uploads = await _uploads(form, "upload")
-    validation_uploads = await _uploads(form, "validation_upload")
+    uploads = _uploads(form, "upload")
+    validation_uploads = _uploads(form, "validation_upload")
 
     def work() -> Response:
         errors: dict[str, str] = {k: v for k, v in hp_errors.items()}
@@ -758,7 +764,7 @@ async def upload_files(
     request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
 ) -> Response:
     form = await request.form()
-    uploads = await _uploads(form, "file")
+    uploads = _uploads(form, "file")
     if not uploads:
         return _files_page(request, ctx, session, status=400, error="Choose a file to upload.")
     try:

@@ -18,7 +18,7 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import new_key
 from tunehouse.store.models import File
-from tunehouse.trainer.data import DatasetReport, validate_dataset
+from tunehouse.trainer.data import validate_dataset
 
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
@@ -50,16 +50,6 @@ def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl
 
 
 CHUNK = 1 << 20
-
-
-def validate_bytes(data: bytes, max_errors: int = 20, tmp_dir: Path | None = None) -> DatasetReport:
-    """The validator's line-by-line verdict on upload bytes, without storing them."""
-    if tmp_dir is not None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".check") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        return validate_dataset(Path(tmp.name), max_errors=max_errors)
 
 
 def upload_file(
