@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
+from tunehouse.logs import configure_logging
 
 app = typer.Typer(
     help="Tunehouse: self-hosted LLM fine-tuning with cloud-compatible APIs.", no_args_is_help=True
@@ -48,7 +48,7 @@ def serve(
     """Run the API server, the scheduler and the local executor in one process."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = _settings()
     if not settings.public_url:
         # Links handed to clients (vdlLink) must be absolute; without a configured URL use the listen address.
@@ -74,7 +74,7 @@ def serve(
             f"or sign in to the console at {settings.public_url}/console with the api_key.",
             soft_wrap=True,
         )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
 
 @keys_app.command("create")

@@ -5,6 +5,7 @@ store, where NUL text and 64-bit overflows used to surface)."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from tests.conftest import LiveServer, kill_trainers, start_server
-from tests.integration.conftest import CHAT_ROWS, jsonl
+from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.http_helpers import bce_headers, console_client, no_traceback, signed_post
 
 BIG = 2**63
@@ -26,7 +27,13 @@ DEEP = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_pg_database: Callable[[], str]
 ) -> Iterator[LiveServer]:
-    srv = start_server(tmp_path_factory.mktemp("edges"), "postgres", tiny_model, make_pg_database)
+    srv = start_server(
+        tmp_path_factory.mktemp("edges"),
+        "postgres",
+        tiny_model,
+        make_pg_database,
+        TUNEHOUSE_LOG_LEVEL="DEBUG",
+    )
     yield srv
     srv.stop()
     kill_trainers(srv.home)
@@ -289,3 +296,44 @@ def test_error_bodies_echo_input_only_boundedly(
 def test_the_bce_signature_headers_are_what_the_sdk_sends(server: LiveServer, keys: dict[str, str]) -> None:
     headers = bce_headers(server, keys, "/v2/finetuning", {"Action": "DescribeFineTuningJobs"})
     assert "x-bce-date" in headers and headers["Authorization"].startswith("bce-auth-v1/")
+
+
+# ---- defect 5: a client that goes away is not an error --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/fine_tuning/jobs", "application/json"),
+        ("/v1/files", "multipart/form-data; boundary=x"),
+        ("/api/v1/fine-tunes", "application/json"),
+        ("/v2/finetuning?Action=CreateFineTuningJob", "application/json"),
+    ],
+)
+def test_a_client_that_disconnects_mid_body_is_logged_at_debug_only(
+    server: LiveServer, keys: dict[str, str], path: str, content_type: str
+) -> None:
+    log = server.home / "server.log"
+    start = log.stat().st_size
+    route, _, action = path.partition("?Action=")
+    signed = bce_headers(server, keys, route, {"Action": action}) if action else {}
+    headers = {
+        "Authorization": f"Bearer {keys['api_key']}",
+        **signed,
+        "Host": f"127.0.0.1:{server.port}",
+        "Content-Type": content_type,
+        "Content-Length": "100000",
+    }
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + b'{"model": "tunehouse-tiny", ')  # and then the client is gone
+
+    def logged() -> list[dict[str, Any]]:
+        with open(log, "rb") as f:
+            f.seek(start)
+            lines = [json.loads(line) for line in f.read().splitlines() if line.startswith(b"{")]
+        return lines if any("client disconnected" in r["message"] for r in lines) else []
+
+    records = wait_for(logged, timeout=60)
+    assert [r for r in records if "client disconnected" in r["message"]][0]["level"] == "DEBUG"
+    assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL") or "exception" in r]

@@ -220,6 +220,8 @@ async def upload_files(
 ) -> JSONResponse:
     try:
         form = await request.form()
+    except ClientDisconnect:
+        raise
     except Exception:
         raise ApiError(400, "InvalidParameter", "the body must be multipart/form-data") from None
     parts = [p for p in form.getlist("files") if isinstance(p, UploadFile)]

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
@@ -110,6 +111,8 @@ async def create_file(
 ) -> JSONResponse:
     try:
         form = await request.form()
+    except ClientDisconnect:
+        raise
     except Exception:
         raise OpenAIError(400, "The body must be multipart/form-data.") from None
     part = form.get("file")
