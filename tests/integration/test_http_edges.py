@@ -337,3 +337,21 @@ def test_a_client_that_disconnects_mid_body_is_logged_at_debug_only(
     records = wait_for(logged, timeout=60)
     assert [r for r in records if "client disconnected" in r["message"]][0]["level"] == "DEBUG"
     assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL") or "exception" in r]
+
+
+# ---- defect 12: the BCE date header is required --------------------------------------------------
+
+
+@pytest.mark.parametrize("date", [None, "yesterday"])
+def test_a_bce_request_without_a_valid_x_bce_date_is_a_401(
+    server: LiveServer, keys: dict[str, str], date: str | None
+) -> None:
+    query = {"Action": "DescribeFineTuningJobs"}
+    headers = bce_headers(server, keys, "/v2/finetuning", query)
+    if date is None:
+        del headers["x-bce-date"]
+    else:
+        headers["x-bce-date"] = date
+    r = httpx.post(server.url + "/v2/finetuning", params=query, headers=headers, content=b"{}")
+    assert r.status_code == 401 and r.json()["code"] == "AccessDenied"
+    assert "x-bce-date" in r.json()["message"]
