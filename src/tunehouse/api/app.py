@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -22,6 +23,7 @@ from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import RunStateCollector
+from tunehouse.api.openapi import build_openapi
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
@@ -74,6 +76,13 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(openai_fine_tuning.router)
     app.include_router(dashscope.router)
     app.include_router(console.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(AuthFailure)
     async def _bce_failure(request: Request, exc: AuthFailure) -> JSONResponse:

@@ -216,6 +216,8 @@ def file_content(
     return Response(data, media_type=media)
 
 
-@router.api_route("/{file_id}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@router.api_route(
+    "/{file_id}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False
+)
 def unknown_file_route(file_id: str, rest: str) -> Response:
     raise OpenAIError(404, f"Unknown route: /v1/files/{file_id}/{rest}")
