@@ -24,6 +24,7 @@ from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import RunStateCollector
 from tunehouse.api.openapi import build_openapi
+from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app = FastAPI(title="Tunehouse", version="0.1.0", lifespan=lifespan)
     app.state.ready = False
     app.state.limits = limits
+    app.state.rate_limiter = limiter_for(limits)
     app.add_middleware(EdgeMiddleware, limits=limits)
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
@@ -113,6 +115,10 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         return dialect_error(
             dialect_of(request.url.path), "invalid", f"{echo(where)}: {err.get('msg', 'invalid value')}"
         )
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> Response:
+        return dialect_error(dialect_of(request.url.path), "rate_limited", exc.message, headers=exc.headers)
 
     @app.exception_handler(InvalidParameter)
     async def _invalid_parameter(request: Request, exc: InvalidParameter) -> Response:

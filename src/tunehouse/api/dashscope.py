@@ -29,6 +29,7 @@ from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import ds_error, request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
+from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -103,6 +104,11 @@ class _DashScopeRoute(APIRoute):
                 return ds_error(400, "UnsupportedOperation", e.message)
             except QuotaExceeded as e:
                 return ds_error(429, "Throttling", e.message)
+            except RateLimited as e:
+                # Unlike a full run quota, a request rate frees up in seconds: the SDK may retry after them.
+                response = ds_error(429, "Throttling", e.message)
+                response.headers.update({**e.headers, "x-should-retry": "true"})
+                return response
             except ClientDisconnect:
                 raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
@@ -134,6 +140,7 @@ def ds_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
         if account is None:
             raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
         account_id, account_name = account.id, account.name
+    count_request(request, account_id)
     workspace = request.headers.get("x-dashscope-workspace", "").strip() or None
     if workspace is not None and len(workspace) > 64:
         raise ApiError(400, "InvalidParameter", "X-DashScope-WorkSpace: at most 64 characters")

@@ -16,6 +16,7 @@ from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
 from tunehouse.api.limits import echo
+from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core.accounts import find_api_key_account
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
@@ -70,6 +71,10 @@ class OpenAIRoute(APIRoute):
                     code="rate_limit_exceeded",
                     headers={"x-should-retry": "false"},
                 )
+            except RateLimited as e:
+                response = openai_error(
+                    429, e.message, type_="rate_limit_error", code="rate_limit_exceeded", headers=e.headers
+                )
             except ClientDisconnect:
                 raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
@@ -101,7 +106,9 @@ def openai_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Calle
         account = find_api_key_account(s, token.strip())
         if account is None:
             raise BearerFailure("Incorrect API key provided.")
-        return Caller(account.id, account.name)
+        caller = Caller(account.id, account.name)
+    count_request(request, caller.account_id)
+    return caller
 
 
 def limit_param(request: Request, default: int, maximum: int) -> int:

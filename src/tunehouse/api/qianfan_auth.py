@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from tunehouse.api import bce_auth
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.edge import ORIGINAL_PATH
+from tunehouse.api.rate_limit import count_request
 from tunehouse.core.accounts import find_signing_secret
 
 
@@ -32,4 +33,5 @@ def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int
         if sent == request.url.path or e.code != "SignatureDoesNotMatch":
             raise
         bce_auth.verify(request.method, request.url.path, query, headers, find_secret)
+    count_request(request, found["account"])
     return found["account"]
