@@ -355,3 +355,77 @@ def test_a_bce_request_without_a_valid_x_bce_date_is_a_401(
     r = httpx.post(server.url + "/v2/finetuning", params=query, headers=headers, content=b"{}")
     assert r.status_code == 401 and r.json()["code"] == "AccessDenied"
     assert "x-bce-date" in r.json()["message"]
+
+
+# ---- guarantee 4: structured logs joined to envelopes by request id, and no secrets in them ---------
+
+
+def log_records(server: LiveServer) -> list[dict[str, Any]]:
+    lines = (server.home / "server.log").read_bytes().splitlines()
+    return [json.loads(line) for line in lines if line.startswith(b"{")]
+
+
+def test_every_dialects_error_envelope_carries_the_request_id_of_its_log_lines(
+    server: LiveServer, keys: dict[str, str], bearer: dict[str, str]
+) -> None:
+    ids = {
+        "openai": httpx.get(server.url + "/v1/files/file-nope", headers=bearer).headers["x-request-id"],
+        "dashscope": httpx.get(server.url + "/api/v1/fine-tunes/ft-nope", headers=bearer).json()[
+            "request_id"
+        ],
+        "qianfan_v2": signed_post(
+            server, keys, "/v2/finetuning", b'{"taskId": "task-nope"}', {"Action": "DescribeFineTuningTask"}
+        ).json()["requestId"],
+        "qianfan_v1": signed_post(
+            server, keys, "/wenxinworkshop/finetune/jobDetail", b'{"taskId": 1, "jobId": 1}'
+        ).json()["log_id"],
+    }
+    wait_for(lambda: set(ids.values()) <= {r.get("request_id") for r in log_records(server)}, timeout=60)
+    assert len(set(ids.values())) == len(ids)
+
+
+def test_the_log_of_a_full_sdk_workflow_holds_none_of_its_secrets(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import qianfan.config
+    from qianfan.resources.console.finetune import FineTune
+
+    secrets = server.keys("secretive")
+    client = OpenAI(base_url=server.url + "/v1", api_key=secrets["api_key"])
+    training = client.files.create(file=("t.jsonl", jsonl(CHAT_ROWS)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tunehouse-tiny",
+        training_file=training.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+    )
+    wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "succeeded", timeout=600)
+    list(client.fine_tuning.jobs.list_events(job.id))
+    list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    client.files.content(training.id)
+
+    monkeypatch.setenv("QIANFAN_CONSOLE_API_BASE_URL", server.url)
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", secrets["access_key"])
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", secrets["secret_key"])
+    monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)
+    job_id = FineTune.V2.create_job(name="quiet", model="tunehouse-tiny", train_mode="SFT").body["result"][
+        "jobId"
+    ]
+    FineTune.V2.job_list()
+    cfg = {"sourceType": "Platform", "versions": [{"versionId": training.id}]}
+    task = FineTune.V2.create_task(
+        job_id=job_id, params_scale="LoRA", hyper_params={"epoch": 1}, dataset_config=cfg
+    ).body["result"]["taskId"]
+    FineTune.V2.stop_task(task_id=task)
+
+    monkeypatch.setattr(dashscope, "base_http_api_url", server.url + "/api/v1")
+    monkeypatch.setattr(dashscope, "api_key", secrets["api_key"])
+    listed = dashscope.FineTunes.list()
+    assert listed.status_code == 200
+    assert dashscope.FineTunes.get(listed.output["jobs"][0]["job_id"]).status_code == 200
+    with console_client(server, secrets["api_key"]) as console:
+        assert console.get("/console/jobs").status_code == 200
+
+    log = (server.home / "server.log").read_text()
+    assert log_records(server), "the server logs JSON lines"
+    for name in ("secret_key", "api_key"):
+        assert secrets[name] not in log, f"the {name} is in the server log"
