@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ORIGINAL_PATH = "tunehouse.original_path"
 _SLASHES = re.compile(r"/{2,}")
+_RAW_SLASHES = re.compile(rb"/{2,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -48,12 +49,10 @@ class EdgeMiddleware:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         original = scope["path"]
         path = _SLASHES.sub("/", original)
-        scope = {
-            **scope,
-            "path": path,
-            "raw_path": path.encode("utf-8", "surrogateescape"),
-            ORIGINAL_PATH: original,
-        }
+        scope = {**scope, "path": path, ORIGINAL_PATH: original}
+        raw = scope.get("raw_path")
+        if path != original and isinstance(raw, bytes):
+            scope["raw_path"] = _RAW_SLASHES.sub(b"/", raw)
         dialect = dialect_of(path)
 
         refusal = self._refusal(scope, path)
