@@ -6,6 +6,7 @@
 * A body larger than its limit is refused with 413: at once from `Content-Length`, else when the limit is
   crossed while reading, never after taking it in. Multipart bodies (uploads) have the upload limit.
 * A client that goes away mid-request is an ordinary event, logged at debug.
+* An error no handler caught is logged with its traceback and answered in the dialect's envelope (500).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ class EdgeMiddleware:
         except ClientDisconnect:
             if not state["over"]:
                 log.debug("client disconnected during %s %s", scope["method"], path)
+        except Exception:
+            # Escaped every handler: the dialect's envelope still answers, the traceback is only logged.
+            log.exception("unhandled error in %s %s", scope["method"], path)
+            if not state["started"]:
+                await dialect_error(dialect, "internal", "internal error")(scope, receive, send)
+            return
         if state["over"] and not state["started"]:
             await dialect_error(dialect, "too_large", too_large)(scope, receive, send)
 
