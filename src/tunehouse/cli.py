@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +18,8 @@ from tunehouse.core import accounts
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
+from tunehouse.logs import configure_logging
+from tunehouse.store.models import Credential
 
 app = typer.Typer(
     help="Tunehouse: self-hosted LLM fine-tuning with cloud-compatible APIs.", no_args_is_help=True
@@ -50,7 +51,7 @@ def serve(
     """Run the API server, the scheduler and the local executor in one process."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = _settings()
     if not settings.public_url:
         # Links handed to clients (vdlLink) must be absolute; without a configured URL use the listen address.
@@ -76,7 +77,7 @@ def serve(
             f"or sign in to the console at {settings.public_url}/console with the api_key.",
             soft_wrap=True,
         )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
 
 
 @keys_app.command("create")
@@ -105,6 +106,59 @@ def keys_create(
     for k, v in payload.items():
         table.add_row(k, v)
     console.print(table)
+
+
+def _credential_row(cred: Credential, account: str) -> dict[str, object]:
+    return {
+        "id": cred.id,
+        "account": account,
+        "kind": cred.kind,
+        # The access key is an identifier; an API key is stored only as a hash, so its label stands in.
+        "key": cred.lookup if cred.kind == "aksk" else cred.label,
+        "created_at": cred.created_at.isoformat(),
+        "revoked_at": cred.revoked_at.isoformat() if cred.revoked_at else None,
+    }
+
+
+@keys_app.command("list")
+def keys_list(
+    account: Annotated[str | None, typer.Option(help="Only this account's credentials.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List credentials (never their secrets), revoked ones included."""
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        rows = [_credential_row(c, name) for c, name in accounts.credentials_with_accounts(s, account)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "account", "kind", "key", "created", "revoked")
+    for r in rows:
+        table.add_row(
+            *(str(r[k] or "") for k in ("id", "account", "kind", "key", "created_at", "revoked_at"))
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Credential id (from `keys list`), access key, or API key.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Revoke a credential: requests signed or sent with it are refused from now on."""
+    ctx = open_context(_settings())
+    try:
+        with ctx.db.session() as s:
+            cred = accounts.find_credential(s, key)
+            accounts.revoke_credential(s, cred)
+            row = _credential_row(cred, accounts.get_account(s, cred.account_id).name)
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(row))
+        return
+    console.print(f"revoked {row['kind']} {row['key']} of {row['account']}")
 
 
 @accounts_app.command("limit")

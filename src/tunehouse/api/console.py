@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
 from starlette.datastructures import UploadFile
@@ -33,6 +41,7 @@ from tunehouse.api.console_auth import (
     sign_in,
 )
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -42,7 +51,7 @@ from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFo
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode
+from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -126,6 +135,19 @@ def page(request: Request, session: ConsoleSession, name: str, status: int = 200
 
 def redirect(url: str, session: ConsoleSession | None = None, request: Request | None = None) -> Response:
     return _secure(RedirectResponse(url, status_code=303), session, request)
+
+
+def error_page(status: int, message: str) -> Response:
+    """The console's answer to a request no page handled (unknown path, bad query, over-limit body)."""
+    titles = {400: "Bad request", 404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Slow down"}
+    html = templates.get_template("error.html").render(
+        session=ConsoleSession(csrf=""),
+        notice=None,
+        path="",
+        title=titles.get(status, "Error"),
+        message=message,
+    )
+    return _secure(HTMLResponse(html, status_code=status))
 
 
 def not_found(request: Request, session: ConsoleSession, what: str) -> Response:
@@ -214,7 +236,7 @@ def _like(term: str) -> str:
 def jobs_page(
     request: Request,
     q: str = "",
-    page_no: int = Query(1, alias="page"),
+    page_no: int = Query(1, alias="page", ge=1, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
@@ -375,9 +397,13 @@ def new_run_page(
     return page(request, session, "run_new.html", title="New run", errors={}, upload_reports=[], **context)
 
 
-def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
-    """The validator's verdict on an upload, line by line, without storing anything."""
-    report = file_svc.validate_bytes(data, max_errors=50)
+def _validate_upload(filename: str, part: UploadFile) -> dict[str, Any]:
+    """The validator's verdict on an upload, line by line, read from its spooled copy; nothing is stored."""
+    part.file.seek(0)
+    with tempfile.NamedTemporaryFile(suffix=".check") as tmp:
+        shutil.copyfileobj(part.file, tmp, file_svc.CHUNK)
+        tmp.flush()
+        report = validate_dataset(Path(tmp.name), max_errors=50)
     modes = [mode for mode in TRAIN_MODES if report.format in formats_for_train_mode(mode)]
     return {
         "filename": filename,
@@ -390,21 +416,17 @@ def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
     }
 
 
-async def _uploads(form: Any, field: str) -> list[tuple[str, bytes]]:
-    out = []
-    for item in form.getlist(field):
-        if isinstance(item, UploadFile) and item.filename:
-            out.append((item.filename, await item.read()))
-    return out
+def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile]]:
+    return [(i.filename, i) for i in form.getlist(field) if isinstance(i, UploadFile) and i.filename]
 
 
 @router.post("/console/files/validate")
 async def validate_upload(request: Request, session: ConsoleSession = Depends(form_post)) -> Response:
     form = await request.form()
-    files = await _uploads(form, "file")
+    files = _uploads(form, "file")
     if not files:
         return _secure(JSONResponse({"error": "no file given"}, status_code=400))
-    reports = [await run_in_threadpool(_validate_bytes, name, data) for name, data in files]
+    reports = [await run_in_threadpool(_validate_upload, name, part) for name, part in files]
     return _secure(JSONResponse({"files": reports}))
 
 
@@ -519,17 +541,21 @@ async def preview_conversation(
     return _secure(JSONResponse(result, status_code=status))
 
 
-def _store_uploads(ctx: AppContext, account: int, uploads: list[tuple[str, bytes]]) -> tuple[list[str], list]:
+def _store_uploads(
+    ctx: AppContext, account: int, uploads: list[tuple[str, UploadFile]]
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Valid files are stored (each in its own transaction: a later failure keeps them for reuse)."""
     keys: list[str] = []
     reports: list[dict[str, Any]] = []
-    for name, data in uploads:
-        report = _validate_bytes(name, data)
+    for name, part in uploads:
+        report = _validate_upload(name, part)
         if not report["ok"]:
             reports.append(report)
             continue
+        part.file.seek(0)
         with ctx.db.session() as s:
-            keys.append(file_svc.upload_file(s, ctx.settings.files_dir, account, name, data, "fine-tune").key)
+            row = file_svc.upload_stream(s, ctx.settings.files_dir, account, name, part.file, "fine-tune")
+            keys.append(row.key)
     return keys, reports
 
 
@@ -554,8 +580,8 @@ async def create_run(
         "validation": [v for v in form.getlist("validation") if isinstance(v, str)],
         "hp": {k[3:]: v for k, v in text.items() if k.startswith("hp.")},
     }
-    uploads = await _uploads(form, "upload")
-    validation_uploads = await _uploads(form, "validation_upload")
+    uploads = _uploads(form, "upload")
+    validation_uploads = _uploads(form, "validation_upload")
 
     def work() -> Response:
         errors: dict[str, str] = {k: v for k, v in hp_errors.items()}
@@ -706,14 +732,14 @@ def _sse(event: str, data: Any, ident: int | None = None) -> str:
 async def run_stream(
     request: Request,
     run_key: str,
-    after: int = 0,
+    after: int = Query(0, ge=0, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
     """New events of the run as they are stored, and its headline numbers; ends once the run has ended."""
     account = _account(session)
     last_id = request.headers.get("last-event-id", "")
-    if last_id.isdigit():
+    if last_id.isdigit() and int(last_id) <= MAX_QUERY_INT:
         # A reconnecting EventSource resumes after the last event it received.
         after = max(after, int(last_id))
 
@@ -852,7 +878,7 @@ async def upload_files(
     request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
 ) -> Response:
     form = await request.form()
-    uploads = await _uploads(form, "file")
+    uploads = _uploads(form, "file")
     if not uploads:
         return _files_page(request, ctx, session, status=400, error="Choose a file to upload.")
     try:

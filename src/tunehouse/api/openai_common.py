@@ -10,10 +10,13 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
+from tunehouse.api.limits import echo
+from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core.accounts import find_api_key_account
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
@@ -68,6 +71,12 @@ class OpenAIRoute(APIRoute):
                     code="rate_limit_exceeded",
                     headers={"x-should-retry": "false"},
                 )
+            except RateLimited as e:
+                response = openai_error(
+                    429, e.message, type_="rate_limit_error", code="rate_limit_exceeded", headers=e.headers
+                )
+            except ClientDisconnect:
+                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
                 log.exception("OpenAI-dialect request failed")
                 response = openai_error(500, "The server had an error while processing your request.")
@@ -97,7 +106,9 @@ def openai_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Calle
         account = find_api_key_account(s, token.strip())
         if account is None:
             raise BearerFailure("Incorrect API key provided.")
-        return Caller(account.id, account.name)
+        caller = Caller(account.id, account.name)
+    count_request(request, caller.account_id)
+    return caller
 
 
 def limit_param(request: Request, default: int, maximum: int) -> int:
@@ -108,7 +119,7 @@ def limit_param(request: Request, default: int, maximum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise OpenAIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
+        raise OpenAIError(400, f"limit must be an integer, got {echo(raw)!r}", param="limit") from None
     if value < 1:
         raise OpenAIError(400, f"limit must be at least 1, got {value}", param="limit")
     return min(value, maximum)
@@ -125,4 +136,4 @@ def listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 def bad_cursor(after: str) -> OpenAIError:
-    return OpenAIError(400, f"Invalid 'after': no item {after!r} in this list.", param="after")
+    return OpenAIError(400, f"Invalid 'after': no item {echo(after)!r} in this list.", param="after")

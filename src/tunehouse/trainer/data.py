@@ -315,7 +315,7 @@ _PARSERS = {
 }
 
 
-def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
+def _scan(path: Path, max_errors: int, keep: bool = True) -> tuple[DatasetReport, list[Record]]:
     report = DatasetReport(format=None, rows=0)
     records: list[Record] = []
 
@@ -336,6 +336,9 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
             except json.JSONDecodeError as exc:
                 add([DataIssue(number, "json", f"invalid JSON ({exc.msg} at column {exc.colno})")])
                 continue
+            except RecursionError:
+                add([DataIssue(number, "json", "invalid JSON (nested too deeply)")])
+                continue
             if report.format is None:
                 report.format = detect_format(obj)
                 if report.format is None:
@@ -354,7 +357,7 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
                     continue
             record, issues = _PARSERS[report.format](obj, number)
             add(issues)
-            if record is not None:
+            if record is not None and keep:
                 records.append(record)
     except UnicodeDecodeError as exc:
         add([DataIssue(report.rows + 1, "file", f"not valid UTF-8 ({exc.reason})")])
@@ -364,8 +367,10 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
 
 
 def validate_dataset(path: Path, max_errors: int = 20) -> DatasetReport:
-    """Check every line of a JSON-lines file; detect its format from the first non-blank line."""
-    return _scan(path, max_errors)[0]
+    """Check every line of a JSON-lines file; detect its format from the first non-blank line.
+
+    Reads line by line and keeps no records, so memory stays flat whatever the file's size."""
+    return _scan(path, max_errors, keep=False)[0]
 
 
 def load_records(path: Path, allowed_formats: set[str] | None = None) -> tuple[DataFormat, list[Record]]:
