@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,9 +22,12 @@ from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
 from tunehouse.executors.local import LocalExecutor
 from tunehouse.scheduler.scheduler import Scheduler
-from tunehouse.store.db import Database
+from tunehouse.store.db import Database, lock_setup
 
 log = logging.getLogger(__name__)
+
+# "0": this process serves the API only (`serve --no-scheduler`); set by `serve` for its worker processes.
+RUN_SCHEDULER_ENV = "TUNEHOUSE_RUN_SCHEDULER"
 
 
 def open_context(settings: Settings) -> AppContext:
@@ -32,6 +36,7 @@ def open_context(settings: Settings) -> AppContext:
     db = Database(settings.database_url)
     db.migrate()
     with db.session() as s:
+        lock_setup(s)  # two processes starting together must not both add the built-in model
         register_builtin(s, settings.models_dir)
     return AppContext(settings=settings, db=db, box=SecretBox(load_master_key(settings.master_key_path)))
 
@@ -84,3 +89,8 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         return PlainTextResponse(generate_latest(app.state.metrics).decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app as `tunehouse serve` hands it to uvicorn, which may start it in several worker processes."""
+    return create_app(load_settings(), run_scheduler=os.environ.get(RUN_SCHEDULER_ENV, "1") != "0")
