@@ -2,7 +2,7 @@
 """Polling latency: the three status calls clients poll, over many jobs in PostgreSQL, at a fixed rate.
 
 Seeds a throwaway PostgreSQL database (COPY: one job, one finished run and one checkpoint per job, all in one
-account), starts a real `tunehouse serve` on loopback, and drives each call open-loop at --rate requests/s
+account), starts a real `tunehouse serve --no-scheduler` on loopback, and drives each call open-loop at --rate requests/s
 for at most --duration seconds and --max-requests requests:
 
   qianfan    POST /v2/finetuning?Action=DescribeFineTuningTask  (BCE-signed, as the qianfan SDK signs)
@@ -295,7 +295,10 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=20_000, help="requests per call and phase, at most")
     p.add_argument("--connections", type=int, default=64, help="client connections at most")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request counts as failed")
-    p.add_argument("--workers", type=int, default=0, help="pass --workers N to serve (0: leave it out)")
+    p.add_argument("--workers", type=int, default=1, help="API processes (serve --workers N)")
+    p.add_argument(
+        "--with-scheduler", action="store_true", help="run the scheduler in the server (default: API only)"
+    )
     p.add_argument("--calls", default=",".join(CALLS), help="which calls, comma-separated")
     p.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--keep", action="store_true", help="keep the database and home (printed) afterwards")
@@ -320,7 +323,7 @@ def main() -> None:
         keys = json.loads(tunehouse(env, "keys", "create", "--account", ACCOUNT, "--json"))
         creds = Creds(keys["access_key"], keys["secret_key"], keys["api_key"])
         account_id, file_id = seed_account(dsn)
-        serve_args = ["--workers", str(args.workers)] if args.workers else []
+        serve_args = ["--workers", str(args.workers)] + ([] if args.with_scheduler else ["--no-scheduler"])
         sizes = [n for n in (args.small, args.jobs) if n > 0]
         seeded = 0
         for n in sizes:
