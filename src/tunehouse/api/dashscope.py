@@ -34,6 +34,7 @@ from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
+from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
@@ -328,7 +329,7 @@ def delete_file(
 def _file_ids(s: Session, ids: list[int]) -> list[str]:
     if not ids:
         return []
-    keys = dict(s.execute(select(File.id, File.key).where(File.id.in_(ids))).tuples().all())
+    keys = file_keys(s, ids)
     return [names.FILE_PREFIX + keys[i] for i in ids if i in keys]
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
@@ -193,11 +193,10 @@ def runs_query(account_id: int, job_id: int | None = None) -> Select[Any]:
 def get_run(s: Session, account_id: int, key: str | None = None, int_id: int | None = None) -> Run:
     cond = Run.key == key if key is not None else Run.id == int_id
     # Its job comes in the same query: every rendering needs it, and job_of then finds it in the session.
-    q = runs_query(account_id).where(cond).join(Job, Job.id == Run.job_id).add_columns(Job)
-    row = s.execute(q).first()
-    if row is None:
+    run = s.scalar(runs_query(account_id).where(cond).options(joinedload(Run.job, innerjoin=True)))
+    if run is None:
         raise NotFound("run", key if key is not None else str(int_id))
-    return row[0]
+    return run
 
 
 def move(s: Session, run: Run, target: RunState, error: str | None = None) -> None:
