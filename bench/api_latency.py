@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Polling latency: the three status calls clients poll, over many jobs in PostgreSQL, at a fixed rate.
 
-Seeds a throwaway PostgreSQL database (COPY: one job, one finished run and one checkpoint per job, all in one
-account), starts a real `tunehouse serve --no-scheduler` on loopback, and drives each call open-loop at --rate requests/s
-for at most --duration seconds and --max-requests requests:
+Seeds a throwaway PostgreSQL database (COPY: one job, one finished run and one checkpoint per job, all in
+one account), starts a real `tunehouse serve --no-scheduler` on loopback, and drives each call open-loop at
+--rate requests/s for at most --duration seconds and --max-requests requests:
 
   qianfan    POST /v2/finetuning?Action=DescribeFineTuningTask  (BCE-signed, as the qianfan SDK signs)
   openai     GET  /v1/fine_tuning/jobs/{id}

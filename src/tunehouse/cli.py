@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunehouse.api.app import RUN_SCHEDULER_ENV, open_context
+from tunehouse.api.metrics import MULTIPROC_ENV
 from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
 from tunehouse.core.errors import DomainError
@@ -96,14 +99,23 @@ def serve(
     # Worker processes are started afresh by uvicorn: they read what they need from the environment.
     os.environ["TUNEHOUSE_PUBLIC_URL"] = settings.public_url
     os.environ[RUN_SCHEDULER_ENV] = "0" if no_scheduler else "1"
-    uvicorn.run(
-        "tunehouse.api.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-    )
+    own_metrics_dir = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker counts its requests in files here; /metrics, whichever worker answers, sums them all.
+        own_metrics_dir = tempfile.mkdtemp(prefix="tunehouse-metrics-")
+        os.environ[MULTIPROC_ENV] = own_metrics_dir
+    try:
+        uvicorn.run(
+            "tunehouse.api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
 
 def _print_capacity(settings: Settings) -> None:

@@ -94,6 +94,7 @@ def test_the_cli_shows_help_without_a_database() -> None:
     assert "serve" in out.stdout and "keys" in out.stdout and "models" in out.stdout
 
 
-def test_metrics_report_runs_by_state(server: LiveServer) -> None:
+def test_metrics_report_runs_by_state_and_executor(server: LiveServer) -> None:
     text = httpx.get(server.url + "/metrics").text
-    assert 'tunehouse_runs{state="queued"}' in text and 'tunehouse_runs{state="succeeded"}' in text
+    assert 'tunehouse_runs{executor="none",state="queued"}' in text
+    assert 'tunehouse_runs{executor="local",state="succeeded"}' in text

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,41 +12,18 @@ from openai import OpenAI
 
 from tests.conftest import LiveServer, kill_trainers
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
+from tests.integration.processes import start_api_only, start_worker, stop
 
-RUNS = 4
+RUNS = 3
 FAST = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 3}
 
 
 @pytest.fixture
 def api_only(tmp_path: Path, tiny_model: Path, make_pg_database: Callable[[], str]) -> Iterator[LiveServer]:
-    home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
-    shutil.copytree(tiny_model, home / "models" / "tunehouse-tiny")
-    srv = LiveServer(
-        home=home, database_url=make_pg_database(), serve_args=["--no-scheduler", "--workers", "2"]
-    )
-    srv.start()
+    srv = start_api_only(tmp_path, tiny_model, make_pg_database())
     yield srv
     srv.stop()
     kill_trainers(srv.home)
-
-
-def start_worker(server: LiveServer, node: str) -> subprocess.Popen[bytes]:
-    """`tunehouse worker` on the server's home and database, one trainer at a time, under its own node id."""
-    log = open(server.home / f"worker-{node}.log", "ab")  # noqa: SIM115 - the worker process owns it
-    env = {**server.env, "TUNEHOUSE_NODE_ID": node, "TUNEHOUSE_MAX_RUNNING": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tunehouse", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_two_workers_beside_an_api_only_server_train_each_run_exactly_once(api_only: LiveServer) -> None:

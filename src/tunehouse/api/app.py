@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
 from tunehouse.api.bce_auth import AuthFailure
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
-from tunehouse.api.metrics import RunStateCollector
+from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, build_registry
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
@@ -48,8 +49,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = open_context(settings)
         app.state.ctx = ctx
-        app.state.metrics = CollectorRegistry()
-        app.state.metrics.register(RunStateCollector(ctx.db))
+        app.state.metrics = build_registry(ctx.db, os.environ.get(MULTIPROC_ENV))
         scheduler = Scheduler(ctx.db, settings, LocalExecutor()) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
     app = FastAPI(title="Tunehouse", version="0.1.0", lifespan=lifespan)
     app.state.ready = False
+    app.add_middleware(RequestMetrics)
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
     app.include_router(openai_files.router)
@@ -86,7 +87,9 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(app.state.metrics).decode(), media_type=CONTENT_TYPE_LATEST)
+        # Collecting reads the store (and may run nvidia-smi): off the event loop.
+        body = await run_in_threadpool(generate_latest, app.state.metrics)
+        return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
