@@ -62,6 +62,7 @@ class LiveServer:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    serve_args: list[str] = field(default_factory=list)  # e.g. --no-scheduler --workers 2
 
     @property
     def url(self) -> str:
@@ -95,7 +96,8 @@ class LiveServer:
     def start(self) -> None:
         log = open(self.home / "server.log", "ab")  # noqa: SIM115 - the server process owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunehouse", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "tunehouse", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            + self.serve_args,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,8 +1,13 @@
-"""The `tunehouse` command: serve, keys, models, accounts."""
+"""The `tunehouse` command: serve, worker, keys, models, accounts."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tunehouse.api.app import create_app, open_context
+from tunehouse.api.app import RUN_SCHEDULER_ENV, open_context
+from tunehouse.api.metrics import MULTIPROC_ENV
 from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
 from tunehouse.core.catalog import TINY_MODEL
@@ -47,11 +53,25 @@ def _settings() -> Settings:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes; more than one needs --no-scheduler.")
+    ] = 1,
+    no_scheduler: Annotated[
+        bool,
+        typer.Option("--no-scheduler", help="Serve the API only; run `tunehouse worker` for the scheduler."),
+    ] = False,
 ) -> None:
-    """Run the API server, the scheduler and the local executor in one process."""
+    """Run the API server, with the scheduler and the local executor in the same process unless told not."""
     import uvicorn
 
     configure_logging()
+    if workers > 1 and not no_scheduler:
+        # Each API process would run a scheduler under one lease owner and follow the others' runs.
+        err_console.print(
+            "[red]error:[/red] --workers N > 1 serves the API only: add --no-scheduler and run "
+            "`tunehouse worker` beside it"
+        )
+        raise typer.Exit(2)
     settings = _settings()
     if not settings.public_url:
         # Links handed to clients (vdlLink) must be absolute; without a configured URL use the listen address.
@@ -63,8 +83,10 @@ def serve(
     ctx.db.dispose()
     err_console.print(f"Tunehouse home: {settings.home}")
     err_console.print(f"Database: {ctx.db.engine.url.render_as_string(hide_password=True)}")
-    where = f"one per GPU of {', '.join(settings.gpus)}" if settings.gpus else "no GPU assigned"
-    err_console.print(f"Trainers: up to {settings.capacity} at a time, {where}")
+    if no_scheduler:
+        err_console.print(f"API only, {workers} process(es); runs start where `tunehouse worker` runs")
+    else:
+        _print_capacity(settings)
     if empty:
         err_console.print(
             "No accounts yet. Create credentials with:\n"
@@ -77,7 +99,57 @@ def serve(
             f"or sign in to the console at {settings.public_url}/console with the api_key.",
             soft_wrap=True,
         )
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    # Worker processes are started afresh by uvicorn: they read what they need from the environment.
+    os.environ["TUNEHOUSE_PUBLIC_URL"] = settings.public_url
+    os.environ[RUN_SCHEDULER_ENV] = "0" if no_scheduler else "1"
+    own_metrics_dir = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker counts its requests in files here; /metrics, whichever worker answers, sums them all.
+        own_metrics_dir = tempfile.mkdtemp(prefix="tunehouse-metrics-")
+        os.environ[MULTIPROC_ENV] = own_metrics_dir
+    try:
+        uvicorn.run(
+            "tunehouse.api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,  # our JSON logging (tunehouse.logs), set up again in each worker process
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def _print_capacity(settings: Settings) -> None:
+    where = f"one per GPU of {', '.join(settings.gpus)}" if settings.gpus else "no GPU assigned"
+    err_console.print(f"Trainers: up to {settings.capacity} at a time, {where}")
+
+
+@app.command()
+def worker() -> None:
+    """Run the scheduler and the local executor without HTTP, beside `serve --no-scheduler`.
+
+    Each worker on one database needs its own TUNEHOUSE_NODE_ID (the lease owner of the runs it trains).
+    """
+    from tunehouse.executors.local import LocalExecutor
+    from tunehouse.scheduler.scheduler import Scheduler
+
+    configure_logging()
+    settings = _settings()
+    ctx = open_context(settings)
+    scheduler = Scheduler(ctx.db, settings, LocalExecutor())
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    err_console.print(f"Tunehouse home: {settings.home}")
+    err_console.print(f"Database: {ctx.db.engine.url.render_as_string(hide_password=True)}")
+    _print_capacity(settings)
+    scheduler.start()
+    err_console.print(f"Worker {scheduler.owner} is scheduling")
+    done.wait()
+    scheduler.shutdown()
+    ctx.db.dispose()
 
 
 @keys_app.command("create")

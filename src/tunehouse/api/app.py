@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
@@ -22,7 +24,7 @@ from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
-from tunehouse.api.metrics import RunStateCollector
+from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, build_registry
 from tunehouse.api.openapi import build_openapi
 from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.config import Settings, load_settings
@@ -31,9 +33,12 @@ from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
 from tunehouse.executors.local import LocalExecutor
 from tunehouse.scheduler.scheduler import Scheduler
-from tunehouse.store.db import Database
+from tunehouse.store.db import Database, lock_setup
 
 log = logging.getLogger(__name__)
+
+# "0": this process serves the API only (`serve --no-scheduler`); set by `serve` for its worker processes.
+RUN_SCHEDULER_ENV = "TUNEHOUSE_RUN_SCHEDULER"
 
 
 def open_context(settings: Settings) -> AppContext:
@@ -42,6 +47,7 @@ def open_context(settings: Settings) -> AppContext:
     db = Database(settings.database_url)
     db.migrate()
     with db.session() as s:
+        lock_setup(s)  # two processes starting together must not both add the built-in model
         register_builtin(s, settings.models_dir)
     return AppContext(settings=settings, db=db, box=SecretBox(load_master_key(settings.master_key_path)))
 
@@ -53,8 +59,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = open_context(settings)
         app.state.ctx = ctx
-        app.state.metrics = CollectorRegistry()
-        app.state.metrics.register(RunStateCollector(ctx.db))
+        app.state.metrics = build_registry(ctx.db, os.environ.get(MULTIPROC_ENV))
         scheduler = Scheduler(ctx.db, settings, LocalExecutor()) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.state.limits = limits
     app.state.rate_limiter = limiter_for(limits)
     app.add_middleware(EdgeMiddleware, limits=limits)
+    app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
     app.include_router(openai_files.router)
@@ -132,6 +138,16 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(app.state.metrics).decode(), media_type=CONTENT_TYPE_LATEST)
+        # Collecting reads the store (and may run nvidia-smi): off the event loop.
+        body = await run_in_threadpool(generate_latest, app.state.metrics)
+        return PlainTextResponse(body.decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app as `tunehouse serve` hands it to uvicorn, which may start it in several worker processes."""
+    from tunehouse.logs import configure_logging
+
+    configure_logging()  # a worker process uvicorn spawned starts with no logging set up
+    return create_app(load_settings(), run_scheduler=os.environ.get(RUN_SCHEDULER_ENV, "1") != "0")

@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from tunehouse.api import dashscope_names as names
+from tunehouse.api.bearer_auth import bearer_hit
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import ds_error, request_id
 from tunehouse.api.json_body import json_object
@@ -34,9 +35,9 @@ from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.accounts import find_api_key_account
 from tunehouse.core.errors import Conflict, InvalidInput, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
+from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
@@ -131,15 +132,14 @@ class Caller:
     workspace: str | None  # None: no X-DashScope-WorkSpace header, so no workspace filter
 
 
-def ds_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
+async def ds_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
-    with ctx.db.session() as s:
-        account = find_api_key_account(s, token.strip())
-        if account is None:
-            raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
-        account_id, account_name = account.id, account.name
+    hit = await bearer_hit(ctx, token.strip())
+    if hit is None:
+        raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+    account_id, account_name = hit.account_id, hit.account_name
     count_request(request, account_id)
     workspace = request.headers.get("x-dashscope-workspace", "").strip() or None
     if workspace is not None and len(workspace) > 64:
@@ -331,7 +331,7 @@ def delete_file(
 def _file_ids(s: Session, ids: list[int]) -> list[str]:
     if not ids:
         return []
-    keys = dict(s.execute(select(File.id, File.key).where(File.id.in_(ids))).tuples().all())
+    keys = file_keys(s, ids)
     return [names.FILE_PREFIX + keys[i] for i in ids if i in keys]
 
 
@@ -360,7 +360,7 @@ def render_job(s: Session, run: Run, caller: Caller, status: str | None = None) 
         "creator": caller.account_name,
         "modifier": caller.account_name,
         "group": "llm",
-        "output_cnt": len(run_svc.checkpoints(s, run)),
+        "output_cnt": run_svc.checkpoint_count(s, run),
     }
     if status in names.TERMINAL and run.finished_at is not None:
         out["end_time"] = names.ds_time(run.finished_at)

@@ -12,12 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
-from tunehouse.api.bearer_auth import BearerFailure
+from tunehouse.api.bearer_auth import BearerFailure, bearer_hit
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
 from tunehouse.api.limits import echo
 from tunehouse.api.rate_limit import RateLimited, count_request
-from tunehouse.core.accounts import find_api_key_account
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -98,17 +97,15 @@ class Caller:
         return "org-" + self.account_name
 
 
-def openai_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
+async def openai_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise BearerFailure("You didn't provide an API key: send it as 'Authorization: Bearer <key>'.")
-    with ctx.db.session() as s:
-        account = find_api_key_account(s, token.strip())
-        if account is None:
-            raise BearerFailure("Incorrect API key provided.")
-        caller = Caller(account.id, account.name)
-    count_request(request, caller.account_id)
-    return caller
+    hit = await bearer_hit(ctx, token.strip())
+    if hit is None:
+        raise BearerFailure("Incorrect API key provided.")
+    count_request(request, hit.account_id)
+    return Caller(hit.account_id, hit.account_name)
 
 
 def limit_param(request: Request, default: int, maximum: int) -> int:

@@ -28,6 +28,7 @@ from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
 from tunehouse.core.events import record_event
+from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import ResolvedModel, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
@@ -59,7 +60,7 @@ def _file_keys(s: Session, ids: list[int]) -> list[str]:
     if not ids:
         return []
     # Deleted files stay named: the job trained on them.
-    keys = dict(s.execute(select(File.id, File.key).where(File.id.in_(ids))).tuples().all())
+    keys = file_keys(s, ids)
     return [names.file_id(keys[i]) for i in ids if i in keys]
 
 

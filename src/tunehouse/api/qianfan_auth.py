@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 
 from tunehouse.api import bce_auth
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.edge import ORIGINAL_PATH
 from tunehouse.api.rate_limit import count_request
-from tunehouse.core.accounts import find_signing_secret
+from tunehouse.core import credential_cache
 
 
-def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int:
-    found: dict[str, int] = {}
-
-    def find_secret(ak: str) -> str | None:
-        with ctx.db.session() as s:
-            hit = find_signing_secret(s, ctx.box, ak)
-        if hit is None:
-            return None
-        found["account"] = hit[0].id
-        return hit[1]
-
+async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int:
     headers = {k.lower(): v for k, v in request.headers.items()}
+    # The access key is the Authorization header's second field; verify() checks the whole header.
+    parts = headers.get("authorization", "").strip().split("/")
+    ak = parts[1] if len(parts) == 6 else ""
+    cache = credential_cache.shared()
+    hit = cache.cached_signing(ak) if ak else None
+    if hit is None and ak:
+        hit = await run_in_threadpool(cache.signing_lookup, ctx.db, ctx.box, ak)
+
+    def find_secret(key: str) -> str | None:
+        return hit.secret_key if hit is not None and key == ak else None
+
     query = request.query_params.multi_items()
     # Clients sign the path they sent (`//v2/finetuning` from a base URL with a trailing slash); the
     # routers see it with duplicate slashes collapsed. Either form is the same request.
@@ -33,5 +35,6 @@ def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int
         if sent == request.url.path or e.code != "SignatureDoesNotMatch":
             raise
         bce_auth.verify(request.method, request.url.path, query, headers, find_secret)
-    count_request(request, found["account"])
-    return found["account"]
+    assert hit is not None  # verify() refuses an unknown access key
+    count_request(request, hit.account_id)
+    return hit.account_id

@@ -7,7 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
@@ -136,10 +136,14 @@ def get_credential(s: Session, account_id: int, credential_id: int) -> Credentia
 
 
 def revoke_credential(s: Session, cred: Credential) -> None:
-    """Idempotent: the first revocation time is kept."""
+    """Idempotent: the first revocation time is kept. This process stops accepting it once committed."""
     if cred.revoked_at is None:
         cred.revoked_at = utcnow()
         s.flush()
+        from tunehouse.core.credential_cache import shared  # it builds on this module
+
+        kind, lookup = cred.kind, cred.lookup
+        event.listen(s, "after_commit", lambda _s: shared().revoke(kind, lookup), once=True)
 
 
 def credentials_with_accounts(s: Session, account: str | None = None) -> list[tuple[Credential, str]]:

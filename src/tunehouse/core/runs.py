@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
@@ -192,7 +192,8 @@ def runs_query(account_id: int, job_id: int | None = None) -> Select[Any]:
 
 def get_run(s: Session, account_id: int, key: str | None = None, int_id: int | None = None) -> Run:
     cond = Run.key == key if key is not None else Run.id == int_id
-    run = s.scalar(runs_query(account_id).where(cond))
+    # Its job comes in the same query: every rendering needs it, and job_of then finds it in the session.
+    run = s.scalar(runs_query(account_id).where(cond).options(joinedload(Run.job, innerjoin=True)))
     if run is None:
         raise NotFound("run", key if key is not None else str(int_id))
     return run
@@ -253,6 +254,10 @@ def delete_run(s: Session, run: Run) -> None:
     if run.state not in TERMINAL:
         raise Conflict("the run has not ended; stop it first")
     run.deleted_at = utcnow()
+
+
+def checkpoint_count(s: Session, run: Run) -> int:
+    return s.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == run.id)) or 0
 
 
 def checkpoints(s: Session, run: Run) -> list[Checkpoint]:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunehouse.store.text_guard import refuse_nul_text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant: the PostgreSQL advisory lock under which processes starting together set up the schema.
+SETUP_LOCK = 7_201_101
 
 
 def make_engine(url: str) -> Engine:
@@ -42,8 +44,17 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        lock_setup(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def lock_setup(conn: Connection | Session) -> None:
+    """Serialise first-start work (migrations, built-in rows) between API workers and schedulers starting
+    together; held until the transaction ends. SQLite serialises writers by itself."""
+    dialect = conn.get_bind().dialect if isinstance(conn, Session) else conn.dialect
+    if dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SETUP_LOCK})
 
 
 class Database:
