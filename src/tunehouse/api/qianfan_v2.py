@@ -157,6 +157,8 @@ def render_task(s: Session, run: Run, public_url: str) -> dict[str, Any]:
         out["runProgress"] = f"{min(run.progress, 99)}%"
     if status == "Done":
         out["metrics"] = _metrics(run.metrics)
+    if status in ("Done", "Stopped"):
+        # A stopped run saved a checkpoint on the way out; it is as usable as a finished run's.
         out["checkpointList"] = [
             checkpoint_item(c.step, _with_perplexity(c.metrics)) for c in run_svc.checkpoints(s, run)
         ]
