@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-# TODO(merge): 0005 -- the models migration on main; point this at "0005" when merging.
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
