@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 
 from .attention import choose_attention, is_varlen
 from .batching import Batch, collate, collate_packed, collate_varlen
@@ -36,10 +35,11 @@ from .checkpoint import (
 )
 from .data import DataError, formats_for_train_mode, load_records
 from .events import EventWriter
+from .losses import dpo_loss, sequence_logps, token_loss
+from .memory import NoGradRetry, with_oom_retry
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .tensorboard import ScalarWriter
 from .tokenization import (
-    IGNORE_INDEX,
     Example,
     Pair,
     TokenizedRow,
@@ -52,6 +52,9 @@ from .tokenization import (
 
 T = TypeVar("T")
 
+# Imported from here by the entry point and by tests: the names lived in this module before the split.
+__all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
+
 
 class NonFiniteLoss(Exception):
     def __init__(self, what: str, value: float, step: int, learning_rate: float, dtype: torch.dtype) -> None:
@@ -62,44 +65,7 @@ class NonFiniteLoss(Exception):
         )
 
 
-# -- losses ----------------------------------------------------------------------------------------
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(summed cross-entropy, labelled token count, correctly predicted count) for next-token targets."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    correct = ((logits.argmax(-1) == targets) & mask).sum()
-    return loss_sum, int(mask.sum()), int(correct)
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row: the summed log-probability of its labelled next tokens."""
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return -nll.view(targets.shape).sum(-1)
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-pair loss, per-pair reward margin) of the sigmoid DPO objective."""
-    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
-    return -F.logsigmoid(margin), margin
-
-
-# -- schedule, order, retries -----------------------------------------------------------------------
+# -- schedule, order -------------------------------------------------------------------------------
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -120,27 +86,6 @@ def lr_factor(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int],
         return max(0.0, 1.0 - progress)
 
     return factor
-
-
-def with_oom_retry(
-    step: Callable[[int], T], micro_batch: int, on_retry: Callable[[int], None]
-) -> tuple[T, int]:
-    """Run ``step(micro_batch)``; on out-of-memory, call ``on_retry(smaller)`` (which drops what it holds
-    of the failed attempt, e.g. gradients) and run it once more with half the micro-batch. The step's
-    example count is fixed by the caller, so halving the micro-batch doubles the accumulation.
-    Returns (result, micro-batch that worked)."""
-    try:
-        return step(micro_batch), micro_batch
-    except torch.OutOfMemoryError:
-        if micro_batch <= 1:
-            raise
-    # Retried only here, past the except block: while the exception is being handled its traceback
-    # keeps the failed attempt's frames, and with them its activations, alive.
-    smaller = micro_batch // 2
-    on_retry(smaller)
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()  # hand the freed blocks back so the retry can allocate them
-    return step(smaller), smaller
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
@@ -220,7 +165,7 @@ class Trainer:
         self.dpo = spec.train_mode == "dpo"
         self.packing = spec.packing
         self.micro = self.hp.batch_size
-        self.eval_micro: int | None = None  # set lower than ``micro`` once a no-grad pass ran out of memory
+        self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
         self.varlen = False  # set by _load_model: pack each micro-batch into one row (flash attention)
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
@@ -411,18 +356,7 @@ class Trainer:
         return ref[:, 0], ref[:, 1]
 
     def _forward_only(self, what: str, work: Callable[[int], T]) -> T:
-        """Run a no-grad pass over the data in micro-batches of the size ``work`` is given. On out-of-memory
-        it is retried once with half, and later passes keep the smaller size; the results do not depend
-        on it, because every pass sums over examples."""
-        size = min(self.eval_micro or self.micro, self.micro)
-
-        def on_retry(smaller: int) -> None:
-            self.events.log(f"out of memory during {what}: retrying with micro-batch {smaller} (was {size})")
-
-        result, used = with_oom_retry(work, size, on_retry)
-        if used != size:
-            self.eval_micro = used
-        return result
+        return self.no_grad.run(what, work, self.micro)
 
     def _compute_reference(self, model: Any) -> dict[str, torch.Tensor]:
         return self._forward_only("the DPO reference pass", lambda micro: self._reference_pass(model, micro))

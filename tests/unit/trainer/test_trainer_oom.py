@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tunehouse.trainer.loop import Trainer, with_oom_retry
+from tunehouse.trainer.memory import NoGradRetry
 from tunehouse.trainer.spec import EXIT_SUCCEEDED
 
 from .conftest import of_type, preference_rows, run_in_process, write_jsonl
@@ -40,6 +41,24 @@ def test_oom_retry_halves_the_micro_batch_once() -> None:
     with pytest.raises(torch.OutOfMemoryError):
         with_oom_retry(lambda micro: step(micro + 2), 1, retries.append)
     assert retries == []  # a micro-batch of one cannot shrink
+
+
+def test_no_grad_passes_keep_the_smaller_micro_batch_but_never_exceed_training() -> None:
+    logged: list[str] = []
+    retry = NoGradRetry(logged.append)
+    calls: list[int] = []
+
+    def work(micro: int) -> int:
+        calls.append(micro)
+        if micro > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return micro
+
+    assert retry.run("evaluation", work, 4) == 2
+    assert retry.run("evaluation", work, 4) == 2  # starts at the size that worked
+    assert retry.run("evaluation", work, 1) == 1  # training shrank below it: follow training
+    assert calls == [4, 2, 2, 1]
+    assert logged == ["out of memory during evaluation: retrying with micro-batch 2 (was 4)"]
 
 
 def test_oom_during_a_run_retries_and_says_so(
