@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from .attention import choose_attention, is_varlen
 from .batching import Batch, collate, collate_packed, collate_varlen
 from .checkpoint import (
     REFERENCE_FILE,
@@ -33,21 +32,19 @@ from .checkpoint import (
     rotate,
     save_checkpoint,
 )
-from .data import DataError, formats_for_train_mode, load_records
+from .data import DataError
+from .dataset import load_items
 from .events import EventWriter
 from .losses import dpo_loss, sequence_logps, token_loss
 from .memory import NoGradRetry, with_oom_retry
+from .modeling import base_path, check_init, choose_placement, load_model, save_model, tokenizer_source
+from .optim import build_optimizer, build_scheduler
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .tensorboard import ScalarWriter
 from .tokenization import (
     Example,
     Pair,
-    TokenizedRow,
-    assemble,
     prepare_tokenizer,
-    split_holdout,
-    tokenize_file,
-    tokenizer_fingerprint,
 )
 
 T = TypeVar("T")
@@ -65,27 +62,13 @@ class NonFiniteLoss(Exception):
         )
 
 
-# -- schedule, order -------------------------------------------------------------------------------
+# -- data order, RNG, step results ------------------------------------------------------------------
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # Seeded per epoch and independent of the global RNG, so the order never depends on history.
     generator = torch.Generator().manual_seed(seed + epoch)
     return torch.randperm(n, generator=generator).tolist()
-
-
-def lr_factor(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if kind == "constant":
-            return 1.0
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return max(0.0, 1.0 - progress)
-
-    return factor
 
 
 def _chunks(items: list[T], size: int) -> list[list[T]]:
@@ -155,26 +138,18 @@ class Trainer:
         self.hp = spec.hyperparameters
         self.events = events
         self.stop = stop
-        self.output_dir = spec.output_dir.resolve()
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        # Frozen LoRA base weights can live in bf16; full fine-tuning keeps fp32 master weights and
-        # gets bf16 speed from autocast instead.
-        self.load_dtype = torch.bfloat16 if use_bf16 and spec.method == "lora" else torch.float32
-        self.autocast = use_bf16
+        self.place = choose_placement(spec)
         self.dpo = spec.train_mode == "dpo"
         self.packing = spec.packing
         self.micro = self.hp.batch_size
         self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
-        self.varlen = False  # set by _load_model: pack each micro-batch into one row (flash attention)
+        self.varlen = False  # set by load_model: pack each micro-batch into one row (flash attention)
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
         init = spec.init_from
-        full_init = init is not None and init.kind == "full"
-        self.base_path = (init.path if full_init else spec.model_path).resolve()
         # DPO's reference is the starting policy: the base with the adapter switched off when a fresh
         # adapter is trained on it; otherwise log-probs computed once before the first step.
         self.reference_mode = None
@@ -184,156 +159,17 @@ class Trainer:
         self.reference: dict[str, torch.Tensor] = {}
         self.pad_id = 0
 
-    # -- setup -----------------------------------------------------------------------------------
-
-    def _check_init(self) -> None:
-        init = self.spec.init_from
-        if init is None:
-            return
-        marker = "adapter_config.json" if init.kind == "lora_adapter" else "config.json"
-        if not (init.path / marker).is_file():
-            raise RuntimeError(f"init_from {init.path} is not a {init.kind} directory (no {marker})")
-
-    def _tokenizer_source(self) -> Path:
-        init = self.spec.init_from
-        if init is not None and init.kind == "full" and (init.path / "tokenizer_config.json").is_file():
-            return init.path
-        return self.spec.model_path
-
-    def _tokenize(
-        self, paths: list[Path], tokenizer: Any, fingerprint: str
-    ) -> tuple[list[TokenizedRow], int]:
-        allowed = formats_for_train_mode(self.spec.train_mode)
-        rows: list[TokenizedRow] = []
-        hits = 0
-        for path in paths:
-            records = load_records(path, allowed)[1]
-            file_rows, hit = tokenize_file(
-                path,
-                records,
-                tokenizer,
-                self.hp.max_seq_len,
-                self.spec.train_mode,
-                self.spec.cache_dir,
-                fingerprint,
-            )
-            rows += file_rows
-            hits += hit
-        return rows, hits
-
-    def _load_data(self, tokenizer: Any) -> None:
-        hp, spec = self.hp, self.spec
-        fingerprint = tokenizer_fingerprint(tokenizer)
-        started = time.monotonic()
-        rows, hits = self._tokenize(spec.train_files, tokenizer, fingerprint)
-        validation, vhits = self._tokenize(spec.validation_files, tokenizer, fingerprint)
-        train_idx, held_idx = split_holdout(len(rows), hp.split_ratio, hp.seed)
-        self.events.log(
-            f"data: {len(rows)} training row(s) from {len(spec.train_files)} file(s); {len(held_idx)} held "
-            f"out for evaluation (split_ratio={hp.split_ratio}%); {len(validation)} validation row(s)"
-        )
-        files = len(spec.train_files) + len(spec.validation_files)
-        cache = "no cache" if spec.cache_dir is None else f"{hits + vhits} of {files} file(s) from the cache"
-        self.events.log(f"tokenization: {time.monotonic() - started:.2f}s, {cache}")
-        self.train_items, stats = assemble([rows[i] for i in train_idx], pairs=self.dpo)
-        policy = "split into chunks" if spec.train_mode == "pretrain" else "truncated at the end"
-        stats.policy = policy
-        self.events.log(stats.describe("train", hp.max_seq_len))
-        held = [rows[i] for i in held_idx] + validation
-        if held:
-            self.eval_items, eval_stats = assemble(held, pairs=self.dpo)
-            eval_stats.policy = policy
-            self.events.log(eval_stats.describe("eval", hp.max_seq_len))
-        if not self.train_items:
-            raise DataError(
-                f"no usable training examples: all {len(train_idx)} row(s) lost their trainable tokens when "
-                f"truncated to max_seq_len={hp.max_seq_len}"
-            )
-
-    def _load_model(self, resume: Path | None) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        spec, hp, init = self.spec, self.hp, self.spec.init_from
-        source = resume if resume is not None and spec.method == "full" else self.base_path
-        half = self.autocast or self.load_dtype in (torch.float16, torch.bfloat16)
-        choice = choose_attention(source, self.device.type, half_precision=half)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=self.load_dtype, attn_implementation=choice.implementation
-        )
-        attn = model.config._attn_implementation  # what transformers settled on, hub kernels resolved
-        # Flash separates packed examples only within a single row: pack each micro-batch into one.
-        self.varlen = is_varlen(attn)
-        model.config.use_cache = False
-        adapter_init = init is not None and init.kind == "lora_adapter" and resume is None
-        if spec.method == "full" and adapter_init:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, init.path).merge_and_unload()
-            model.requires_grad_(True)  # PEFT froze the base while the adapter was attached
-            self.events.log(f"init_from: merged the adapter {init.path} into the base for full training")
-        if spec.method == "lora":
-            from peft import LoraConfig, PeftModel, get_peft_model
-
-            if resume is not None:
-                model = PeftModel.from_pretrained(model, resume, is_trainable=True)
-            elif adapter_init:
-                model = PeftModel.from_pretrained(model, init.path, is_trainable=True)
-                self.events.log(f"init_from: continuing to train the adapter {init.path}")
-            else:
-                config = LoraConfig(
-                    r=hp.lora_rank,
-                    lora_alpha=hp.lora_alpha,
-                    lora_dropout=hp.lora_dropout,
-                    target_modules=hp.lora_target_modules,
-                    task_type="CAUSAL_LM",
-                )
-                model = get_peft_model(model, config)
-        if init is not None and init.kind == "full" and resume is None:
-            self.events.log(f"init_from: starting from the full weights in {init.path}")
-        if hp.gradient_checkpointing:
-            # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
-            kwargs = {"use_reentrant": False}
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.to(self.device)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        dtype = str(self.load_dtype).removeprefix("torch.")
-        layout = "one varlen row per micro-batch" if self.varlen else "rows with a block mask"
-        self.events.log(
-            f"model: {spec.train_mode} {spec.method} on {self.device.type}, weights {dtype}"
-            f"{', bf16 autocast' if self.autocast else ''}, attention {attn} ({choice.reason}), "
-            f"packing {layout if self.packing else 'off'}, "
-            f"{trainable:,} of {total:,} parameters trainable"
-        )
-        return model
-
-    def _optimizer(self, model: Any) -> torch.optim.Optimizer:
-        # The usual convention: no weight decay on biases and norm scales (1-D tensors).
-        decay, no_decay = [], []
-        for _, param in model.named_parameters():
-            if param.requires_grad:
-                (decay if param.ndim >= 2 else no_decay).append(param)
-        groups = [
-            {"params": decay, "weight_decay": self.hp.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hp.learning_rate, fused=fused)
-
     # -- forward passes --------------------------------------------------------------------------
 
     def _batch(self, examples: list[Example], pack: bool | None = None) -> Batch:
         if self.packing if pack is None else pack:
             if self.varlen:
-                return collate_varlen(examples, self.device)
-            return collate_packed(examples, self.hp.max_seq_len, self.pad_id, self.device)
-        return collate(examples, self.pad_id, self.device)
+                return collate_varlen(examples, self.place.device)
+            return collate_packed(examples, self.hp.max_seq_len, self.pad_id, self.place.device)
+        return collate(examples, self.pad_id, self.place.device)
 
     def _logits(self, model: Any, batch: Batch) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.place.autocast):
             return model(**batch.model_inputs()).logits
 
     def _pair_logps(
@@ -352,7 +188,7 @@ class Trainer:
             with torch.no_grad(), model.disable_adapter():
                 chosen, rejected, _, _ = self._pair_logps(model, pairs)
             return chosen, rejected
-        ref = self.reference[split][indices].to(self.device)
+        ref = self.reference[split][indices].to(self.place.device)
         return ref[:, 0], ref[:, 1]
 
     def _forward_only(self, what: str, work: Callable[[int], T]) -> T:
@@ -462,31 +298,29 @@ class Trainer:
                 raise RuntimeError(f"resume_from {resume} is not a trainer checkpoint")
             if is_lora_checkpoint(resume) != (spec.method == "lora"):
                 raise RuntimeError(f"resume_from {resume} was not written by a {spec.method} run")
-        self._check_init()
+        check_init(spec)
 
-        tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_source())
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, any id will do
         self.pad_id = tokenizer.pad_token_id
         if spec.train_mode != "pretrain":
-            _, warning = prepare_tokenizer(tokenizer, self.base_path, spec.chat_template_fallback)
+            _, warning = prepare_tokenizer(tokenizer, base_path(spec), spec.chat_template_fallback)
             if warning:
                 events.log(f"warning: {warning}")
-        self._load_data(tokenizer)
+        policy = "split into chunks" if spec.train_mode == "pretrain" else "truncated at the end"
+        self.train_items, self.eval_items = load_items(spec, tokenizer, self.dpo, policy, events.log)
         if self.stop.requested:
             events.status("stopped")
             return EXIT_STOPPED
 
         random.seed(hp.seed)
         torch.manual_seed(hp.seed)
-        model = self._load_model(resume)
-        optimizer = self._optimizer(model)
+        model, self.varlen = load_model(spec, self.place, resume, events.log)
+        optimizer = build_optimizer(model, hp, self.place.device)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
-        warmup_steps = round(total_steps * hp.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(hp.lr_scheduler_type, total_steps, warmup_steps)
-        )
+        scheduler = build_scheduler(optimizer, hp, total_steps)
 
         if resume is not None:
             state = load_state(resume)
@@ -500,7 +334,7 @@ class Trainer:
                     f"batch_size * gradient_accumulation_steps is {self.per_step} but the checkpoint was "
                     f"taken with {state.examples_per_step}; an exact resume needs the same step size"
                 )
-            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=self.device))
+            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=self.place.device))
             scheduler.load_state_dict(torch.load(resume / "scheduler.pt"))
             state.total_steps, state.steps_per_epoch, state.run_id = total_steps, steps_per_epoch, spec.run_id
             state.examples_per_step = self.per_step
@@ -660,7 +494,7 @@ class Trainer:
 
         if saved_step != state.step:
             checkpoint()
-        self._save_model(model, tokenizer, state.trained_tokens)
+        events.emit("model", save_model(spec, model, tokenizer, state.trained_tokens))
         events.status("succeeded")
         return EXIT_SUCCEEDED
 
@@ -694,13 +528,14 @@ class Trainer:
             )
 
         result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
+        dtype = self.place.load_dtype
         if not math.isfinite(result.loss):
-            raise NonFiniteLoss("loss", result.loss, step_number, lr, self.load_dtype)
+            raise NonFiniteLoss("loss", result.loss, step_number, lr, dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm):
-            raise NonFiniteLoss("gradient norm", grad_norm, step_number, lr, self.load_dtype)
+            raise NonFiniteLoss("gradient norm", grad_norm, step_number, lr, dtype)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -711,35 +546,6 @@ class Trainer:
         deadline = time.monotonic() + seconds
         while not self.stop.requested and (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(0.05, remaining))
-
-    def _save_model(self, model: Any, tokenizer: Any, trained_tokens: int) -> None:
-        lora = self.spec.method == "lora"
-        final = _save_atomically(self.spec.model_dir.resolve(), model, tokenizer)
-        payload: dict[str, Any] = {
-            "path": str(final),
-            "kind": "lora_adapter" if lora else "full",
-            # For an adapter: the weights it must be loaded onto.
-            "base_model_path": str(self.base_path if lora else self.spec.model_path.resolve()),
-            "trained_tokens": trained_tokens,
-        }
-        if lora and self.hp.merge_adapter:
-            merged = model.merge_and_unload()
-            payload["merged_path"] = str(_save_atomically(self.spec.merged_dir.resolve(), merged, tokenizer))
-        self.events.emit("model", payload)
-
-
-def _save_atomically(final: Path, model: Any, tokenizer: Any) -> Path:
-    import shutil
-
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
 
 
 def run_training(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
