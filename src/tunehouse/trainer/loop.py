@@ -4,6 +4,10 @@ One optimizer step consumes ``batch_size * gradient_accumulation_steps`` example
 micro-batches of ``batch_size`` (packed or padded); the loss is normalized over the whole step, so
 packing, accumulation and an out-of-memory retry with smaller micro-batches all compute the same
 update. Events go out after every step.
+
+What a step optimizes belongs to the train mode's objective (objectives.py); this module owns the
+order of things: setup, exact resume (model, optimizer, scheduler, RNG, data position), the steps,
+when to evaluate and checkpoint, stopping on SIGTERM, and every event of the run.
 """
 
 from __future__ import annotations
@@ -12,42 +16,26 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
-from .batching import Batch, collate, collate_packed, collate_varlen
-from .checkpoint import (
-    REFERENCE_FILE,
-    TrainState,
-    best_step,
-    is_checkpoint,
-    is_lora_checkpoint,
-    list_checkpoints,
-    load_state,
-    restore_rng,
-    rotate,
-    save_checkpoint,
-)
+from .checkpoint import Checkpointer, TrainState, is_checkpoint, is_lora_checkpoint, load_state, restore_rng
 from .data import DataError
 from .dataset import load_items
+from .evaluation import Evaluator
 from .events import EventWriter
-from .losses import dpo_loss, sequence_logps, token_loss
+from .forward import Forward
+from .losses import token_loss
 from .memory import NoGradRetry, with_oom_retry
 from .modeling import base_path, check_init, choose_placement, load_model, save_model, tokenizer_source
+from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .tensorboard import ScalarWriter
-from .tokenization import (
-    Example,
-    Pair,
-    prepare_tokenizer,
-)
-
-T = TypeVar("T")
+from .tokenization import prepare_tokenizer
 
 # Imported from here by the entry point and by tests: the names lived in this module before the split.
 __all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
@@ -62,17 +50,10 @@ class NonFiniteLoss(Exception):
         )
 
 
-# -- data order, RNG, step results ------------------------------------------------------------------
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # Seeded per epoch and independent of the global RNG, so the order never depends on history.
     generator = torch.Generator().manual_seed(seed + epoch)
     return torch.randperm(n, generator=generator).tolist()
-
-
-def _chunks(items: list[T], size: int) -> list[list[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _rng_snapshot() -> tuple[torch.Tensor, list[torch.Tensor] | None, Any]:
@@ -86,21 +67,6 @@ def _rng_restore(snapshot: tuple[torch.Tensor, list[torch.Tensor] | None, Any]) 
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
     random.setstate(py)
-
-
-@dataclass
-class StepResult:
-    loss_sum: float = 0.0  # summed token loss (sft) or summed pair loss (dpo)
-    units: int = 0  # target tokens (sft) or pairs (dpo) the loss is averaged over
-    real_tokens: int = 0
-    positions: int = 0
-    correct: int = 0
-    targets: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(1, self.units)
 
 
 @dataclass
@@ -139,148 +105,14 @@ class Trainer:
         self.events = events
         self.stop = stop
         self.place = choose_placement(spec)
-        self.dpo = spec.train_mode == "dpo"
-        self.packing = spec.packing
+        self.objective_type = OBJECTIVES[spec.train_mode]
         self.micro = self.hp.batch_size
         self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
-        self.varlen = False  # set by load_model: pack each micro-batch into one row (flash attention)
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
         self.last_eval: dict[str, float] = {}
         self.last_eval_step = -1
-        init = spec.init_from
-        # DPO's reference is the starting policy: the base with the adapter switched off when a fresh
-        # adapter is trained on it; otherwise log-probs computed once before the first step.
-        self.reference_mode = None
-        if self.dpo:
-            fresh_adapter = spec.method == "lora" and (init is None or init.kind == "full")
-            self.reference_mode = "adapter_off" if fresh_adapter else "precomputed"
-        self.reference: dict[str, torch.Tensor] = {}
-        self.pad_id = 0
-
-    # -- forward passes --------------------------------------------------------------------------
-
-    def _batch(self, examples: list[Example], pack: bool | None = None) -> Batch:
-        if self.packing if pack is None else pack:
-            if self.varlen:
-                return collate_varlen(examples, self.place.device)
-            return collate_packed(examples, self.hp.max_seq_len, self.pad_id, self.place.device)
-        return collate(examples, self.pad_id, self.place.device)
-
-    def _logits(self, model: Any, batch: Batch) -> torch.Tensor:
-        with torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.place.autocast):
-            return model(**batch.model_inputs()).logits
-
-    def _pair_logps(
-        self, model: Any, pairs: list[Pair]
-    ) -> tuple[torch.Tensor, torch.Tensor, Batch, torch.Tensor]:
-        """(chosen log-probs, rejected log-probs, the batch, its logits): both replies in one forward."""
-        batch = self._batch([p.chosen for p in pairs] + [p.rejected for p in pairs], pack=False)
-        logits = self._logits(model, batch)
-        logps = sequence_logps(logits, batch.labels)
-        return logps[: len(pairs)], logps[len(pairs) :], batch, logits
-
-    def _reference_logps(
-        self, model: Any, pairs: list[Pair], split: str, indices: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.reference_mode == "adapter_off":
-            with torch.no_grad(), model.disable_adapter():
-                chosen, rejected, _, _ = self._pair_logps(model, pairs)
-            return chosen, rejected
-        ref = self.reference[split][indices].to(self.place.device)
-        return ref[:, 0], ref[:, 1]
-
-    def _forward_only(self, what: str, work: Callable[[int], T]) -> T:
-        return self.no_grad.run(what, work, self.micro)
-
-    def _compute_reference(self, model: Any) -> dict[str, torch.Tensor]:
-        return self._forward_only("the DPO reference pass", lambda micro: self._reference_pass(model, micro))
-
-    @torch.no_grad()
-    def _reference_pass(self, model: Any, micro: int) -> dict[str, torch.Tensor]:
-        model.eval()
-        out = {}
-        for split, items in (("train", self.train_items), ("eval", self.eval_items)):
-            rows = []
-            for chunk in _chunks(items, micro):
-                chosen, rejected, _, _ = self._pair_logps(model, chunk)
-                rows.append(torch.stack([chosen, rejected], dim=1).float().cpu())
-            out[split] = torch.cat(rows) if rows else torch.zeros((0, 2))
-        model.train()
-        return out
-
-    def _sft_step(self, model: Any, examples: list[Example], micro: int) -> StepResult:
-        result = StepResult(units=sum(e.targets for e in examples))
-        for chunk in _chunks(examples, micro):
-            batch = self._batch(chunk)
-            loss_sum, n, correct = token_loss(self._logits(model, batch), batch.labels)
-            (loss_sum / max(1, result.units)).backward()
-            result.loss_sum += float(loss_sum.detach())
-            result.targets += n
-            result.correct += correct
-            result.real_tokens += batch.real_tokens
-            result.positions += batch.positions
-        return result
-
-    def _dpo_step(self, model: Any, pairs: list[Pair], indices: list[int], micro: int) -> StepResult:
-        beta = self.hp.dpo_beta
-        result = StepResult(units=len(pairs))
-        margins, wins = [], 0
-        for chunk, chunk_idx in zip(_chunks(pairs, micro), _chunks(indices, micro), strict=True):
-            ref_chosen, ref_rejected = self._reference_logps(model, chunk, "train", chunk_idx)
-            chosen, rejected, batch, logits = self._pair_logps(model, chunk)
-            losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-            (losses.sum() / len(pairs)).backward()
-            result.loss_sum += float(losses.detach().sum())
-            margins += margin.detach().float().tolist()
-            wins += int((margin > 0).sum())
-            k = len(chunk)
-            _, n, correct = token_loss(logits[:k].detach(), batch.labels[:k])
-            result.targets += n
-            result.correct += correct
-            result.real_tokens += batch.real_tokens
-            result.positions += batch.positions
-        result.extra = {"reward_accuracy": wins / len(pairs), "reward_margin": sum(margins) / len(margins)}
-        return result
-
-    # -- evaluation ------------------------------------------------------------------------------
-
-    def evaluate(self, model: Any) -> dict[str, float]:
-        return self._forward_only("evaluation", lambda micro: self._evaluation_pass(model, micro))
-
-    @torch.no_grad()
-    def _evaluation_pass(self, model: Any, micro: int) -> dict[str, float]:
-        model.eval()
-        loss_sum, units, tokens, correct, wins = 0.0, 0, 0, 0, 0
-        margins: list[float] = []
-        for start in range(0, len(self.eval_items), micro):
-            chunk = self.eval_items[start : start + micro]
-            if self.dpo:
-                idx = list(range(start, start + len(chunk)))
-                ref_chosen, ref_rejected = self._reference_logps(model, chunk, "eval", idx)
-                chosen, rejected, batch, logits = self._pair_logps(model, chunk)
-                losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.hp.dpo_beta)
-                loss_sum += float(losses.sum())
-                units += len(chunk)
-                margins += margin.float().tolist()
-                wins += int((margin > 0).sum())
-                _, n, ok = token_loss(logits[: len(chunk)], batch.labels[: len(chunk)])
-            else:
-                batch = self._batch(chunk)
-                batch_loss, n, ok = token_loss(self._logits(model, batch), batch.labels)
-                loss_sum += float(batch_loss)
-                units += n
-            tokens += n
-            correct += ok
-        model.train()
-        metrics = {"eval_loss": loss_sum / max(1, units), "eval_token_accuracy": correct / max(1, tokens)}
-        if self.dpo:
-            metrics["eval_reward_accuracy"] = wins / max(1, units)
-            metrics["eval_reward_margin"] = sum(margins) / max(1, len(margins))
-        return metrics
-
-    # -- main ------------------------------------------------------------------------------------
 
     def run(self) -> int:
         from transformers import AutoTokenizer
@@ -303,20 +135,29 @@ class Trainer:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, any id will do
-        self.pad_id = tokenizer.pad_token_id
         if spec.train_mode != "pretrain":
             _, warning = prepare_tokenizer(tokenizer, base_path(spec), spec.chat_template_fallback)
             if warning:
                 events.log(f"warning: {warning}")
-        policy = "split into chunks" if spec.train_mode == "pretrain" else "truncated at the end"
-        self.train_items, self.eval_items = load_items(spec, tokenizer, self.dpo, policy, events.log)
+        self.train_items, self.eval_items = load_items(
+            spec, tokenizer, self.objective_type.pairs, self.objective_type.length_policy, events.log
+        )
         if self.stop.requested:
             events.status("stopped")
             return EXIT_STOPPED
 
         random.seed(hp.seed)
         torch.manual_seed(hp.seed)
-        model, self.varlen = load_model(spec, self.place, resume, events.log)
+        model, varlen = load_model(spec, self.place, resume, events.log)
+        forward = Forward(
+            self.place.device,
+            self.place.autocast,
+            spec.packing,
+            varlen,
+            tokenizer.pad_token_id,
+            hp.max_seq_len,
+        )
+        objective = self.objective_type.create(spec, forward)
         optimizer = build_optimizer(model, hp, self.place.device)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
@@ -341,10 +182,7 @@ class Trainer:
             self.micro = min(state.micro_batch_size or self.micro, self.micro)
             if not state.order and state.epoch < hp.epochs:
                 state.order = epoch_order(len(self.train_items), hp.seed, state.epoch)
-            if self.reference_mode == "precomputed":
-                if not (resume / REFERENCE_FILE).is_file():
-                    raise RuntimeError(f"resume_from {resume} has no {REFERENCE_FILE} for the DPO reference")
-                self.reference = torch.load(resume / REFERENCE_FILE, weights_only=True)
+            objective.resume(resume)
             restore_rng(resume)  # last, so model construction above cannot disturb the streams
             events.log(f"resumed from {resume} at step {state.step} of {total_steps}")
         else:
@@ -358,16 +196,17 @@ class Trainer:
                 examples_per_step=self.per_step,
                 micro_batch_size=self.micro,
             )
-            if self.reference_mode == "precomputed":
-                self.reference = self._compute_reference(model)
-                events.log(f"dpo: reference log-probs computed for {len(self.train_items)} pair(s)")
+            splits = {"train": self.train_items, "eval": self.eval_items}
+            line = objective.start(model, splits, self.no_grad, self.micro)
+            if line:
+                events.log(line)
         if self.stop.requested:
             events.status("stopped")
             return EXIT_STOPPED
 
         tensorboard = ScalarWriter(spec.tensorboard_dir)
         try:
-            return self._train(model, tokenizer, optimizer, scheduler, state, resume, tensorboard)
+            return self._train(model, tokenizer, objective, optimizer, scheduler, state, resume, tensorboard)
         finally:
             tensorboard.close()
 
@@ -375,6 +214,7 @@ class Trainer:
         self,
         model: Any,
         tokenizer: Any,
+        objective: Objective,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         state: TrainState,
@@ -387,9 +227,8 @@ class Trainer:
         events.log(
             f"steps: {total_steps} of {self.per_step} example(s) each, micro-batch {self.micro}, "
             f"gradient accumulation {math.ceil(self.per_step / self.micro)}, "
-            f"packing {'on' if self.packing else 'off'}, gradient checkpointing "
-            f"{'on' if hp.gradient_checkpointing else 'off'}"
-            + (f", dpo beta {hp.dpo_beta}, reference {self.reference_mode}" if self.dpo else "")
+            f"packing {'on' if spec.packing else 'off'}, gradient checkpointing "
+            f"{'on' if hp.gradient_checkpointing else 'off'}" + objective.describe()
         )
         model.train()
         saved_step = state.step if resume is not None else -1
@@ -397,10 +236,13 @@ class Trainer:
         session = Window()
         window = Window()
         session_steps = 0
-        checkpoints_dir = spec.checkpoints_dir.resolve()
+        evaluator = Evaluator(objective, self.eval_items, self.no_grad)
+        checkpointer = Checkpointer(
+            spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler
+        )
 
         def run_eval() -> None:
-            self.last_eval = self.evaluate(model)
+            self.last_eval = evaluator.evaluate(model, self.micro)
             self.last_eval_step = state.step
             events.emit("metrics", {"step": state.step, **self.last_eval})
             tensorboard.add_scalars(state.step, self.last_eval, "eval/")
@@ -412,14 +254,10 @@ class Trainer:
                 run_eval()
             metrics = {"train_loss": sum(since_ckpt) / len(since_ckpt)} if since_ckpt else {}
             metrics.update(self.last_eval)
-            path = checkpoints_dir / f"step-{state.step}"
-            extra = {REFERENCE_FILE: self.reference} if self.reference_mode == "precomputed" else None
-            save_checkpoint(path, model, tokenizer, optimizer, scheduler, state, metrics, extra)
-            current = [c for c in list_checkpoints(checkpoints_dir) if c[0] <= state.step]
-            best = best_step(current) == state.step
+            path, best = checkpointer.save(state, metrics, objective.checkpoint_files())
             payload = {"step": state.step, "path": str(path), "metrics": metrics, "best": best}
             events.emit("checkpoint", payload)
-            for step, gone in rotate(checkpoints_dir, hp.save_total_limit, upto=state.step):
+            for step, gone in checkpointer.rotate(upto=state.step):
                 events.emit("checkpoint_deleted", {"step": step, "path": str(gone)})
             since_ckpt.clear()
             saved_step = state.step
@@ -428,7 +266,9 @@ class Trainer:
             indices = state.order[state.batch_index * self.per_step : (state.batch_index + 1) * self.per_step]
             items = [self.train_items[i] for i in indices]
             lr = scheduler.get_last_lr()[0]
-            result, grad_norm = self.train_step(model, optimizer, scheduler, items, indices, state.step + 1)
+            result, grad_norm = self.train_step(
+                model, objective, optimizer, scheduler, items, indices, state.step + 1
+            )
             state.micro_batch_size = self.micro
 
             state.step += 1
@@ -501,6 +341,7 @@ class Trainer:
     def train_step(
         self,
         model: Any,
+        objective: Objective,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         items: list[Any],
@@ -514,9 +355,7 @@ class Trainer:
         def attempt(micro: int) -> StepResult:
             _rng_restore(snapshot)  # a retried step draws the same dropout masks
             optimizer.zero_grad(set_to_none=True)
-            if self.dpo:
-                return self._dpo_step(model, items, indices, micro)
-            return self._sft_step(model, items, micro)
+            return objective.step(model, items, indices, micro)
 
         def on_retry(smaller: int) -> None:
             optimizer.zero_grad(set_to_none=True)
