@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunehouse.trainer.loop import Trainer, with_oom_retry
+from tunehouse.trainer.evaluation import Evaluator
+from tunehouse.trainer.loop import with_oom_retry
+from tunehouse.trainer.memory import NoGradRetry
+from tunehouse.trainer.objectives import DpoObjective, SftObjective
 from tunehouse.trainer.spec import EXIT_SUCCEEDED
 
 from .conftest import of_type, preference_rows, run_in_process, write_jsonl
@@ -42,19 +45,37 @@ def test_oom_retry_halves_the_micro_batch_once() -> None:
     assert retries == []  # a micro-batch of one cannot shrink
 
 
+def test_no_grad_passes_keep_the_smaller_micro_batch_but_never_exceed_training() -> None:
+    logged: list[str] = []
+    retry = NoGradRetry(logged.append)
+    calls: list[int] = []
+
+    def work(micro: int) -> int:
+        calls.append(micro)
+        if micro > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return micro
+
+    assert retry.run("evaluation", work, 4) == 2
+    assert retry.run("evaluation", work, 4) == 2  # starts at the size that worked
+    assert retry.run("evaluation", work, 1) == 1  # training shrank below it: follow training
+    assert calls == [4, 2, 2, 1]
+    assert logged == ["out of memory during evaluation: retrying with micro-batch 2 (was 4)"]
+
+
 def test_oom_during_a_run_retries_and_says_so(
     make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step = Trainer._sft_step
+    real_step = SftObjective.step
     seen: list[int] = []
 
-    def flaky_step(self: Trainer, model, examples, micro: int):
+    def flaky_step(self: SftObjective, model, examples, indices, micro: int):
         seen.append(micro)
         if micro == 4:  # fault injection: the first attempt runs out of memory
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_step(self, model, examples, micro)
+        return real_step(self, model, examples, indices, micro)
 
-    monkeypatch.setattr(Trainer, "_sft_step", flaky_step)
+    monkeypatch.setattr(SftObjective, "step", flaky_step)
     code, events = run_in_process(make_spec(hp={"epochs": 2, "save_steps": 1}))
     assert code == EXIT_SUCCEEDED, of_type(events, "error")
     assert seen == [4, 2, 2, 2, 2]  # retried once, then the smaller micro-batch sticks
@@ -74,16 +95,16 @@ def test_oom_during_evaluation_retries_smaller_without_changing_the_result(
     hp = {"epochs": 2, "split_ratio": 25, "eval_steps": 1, "lora_dropout": 0}
     code, clean = run_in_process(make_spec("eval-clean", hp=hp))
     assert code == EXIT_SUCCEEDED
-    real_pass = Trainer._evaluation_pass
+    real_pass = Evaluator.evaluation_pass
     seen: list[int] = []
 
-    def flaky_pass(self: Trainer, model, micro: int):
+    def flaky_pass(self: Evaluator, model, micro: int):
         seen.append(micro)
         if micro == 4:  # fault injection: evaluation at the training micro-batch runs out of memory
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real_pass(self, model, micro)
 
-    monkeypatch.setattr(Trainer, "_evaluation_pass", flaky_pass)
+    monkeypatch.setattr(Evaluator, "evaluation_pass", flaky_pass)
     code, retried = run_in_process(make_spec("eval-oom", hp=hp))
     assert code == EXIT_SUCCEEDED, of_type(retried, "error")
     assert seen[:2] == [4, 2] and set(seen[2:]) == {2}  # later evaluations keep the smaller size
@@ -103,14 +124,14 @@ def test_oom_in_the_dpo_reference_pass_retries_smaller(
     hp = {"epochs": 1, "learning_rate": 1e-3}
     code, clean = run_in_process(make_spec("ref-clean", hp=hp, **fields))
     assert code == EXIT_SUCCEEDED
-    real_pass = Trainer._reference_pass
+    real_pass = DpoObjective.reference_pass
 
-    def flaky_pass(self: Trainer, model, micro: int):
+    def flaky_pass(self: DpoObjective, model, splits, micro: int):
         if micro == 4:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_pass(self, model, micro)
+        return real_pass(self, model, splits, micro)
 
-    monkeypatch.setattr(Trainer, "_reference_pass", flaky_pass)
+    monkeypatch.setattr(DpoObjective, "reference_pass", flaky_pass)
     code, retried = run_in_process(make_spec("ref-oom", hp=hp, **fields))
     assert code == EXIT_SUCCEEDED, of_type(retried, "error")
     assert any(
@@ -123,20 +144,20 @@ def test_oom_in_the_dpo_reference_pass_retries_smaller(
 def test_a_failed_training_attempt_is_freed_before_the_retry(
     make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_step = Trainer._sft_step
+    real_step = SftObjective.step
     failed: list[weakref.ref[torch.Tensor]] = []
     alive_at_retry: list[bool] = []
 
-    def step_that_fills_memory(self: Trainer, model, examples, micro: int):
+    def step_that_fills_memory(self: SftObjective, model, examples, indices, micro: int):
         if micro == 4:  # a forward with its autograd graph, then out of memory
-            logits = self._logits(model, self._batch(examples))
+            logits = self.forward.logits(model, self.forward.batch(examples))
             failed.append(weakref.ref(logits))
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         if not alive_at_retry:
             alive_at_retry.append(failed[0]() is not None)
-        return real_step(self, model, examples, micro)
+        return real_step(self, model, examples, indices, micro)
 
-    monkeypatch.setattr(Trainer, "_sft_step", step_that_fills_memory)
+    monkeypatch.setattr(SftObjective, "step", step_that_fills_memory)
     code, events = run_in_process(make_spec(hp={"epochs": 1}))
     assert code == EXIT_SUCCEEDED, of_type(events, "error")
     assert alive_at_retry == [False]
@@ -145,21 +166,22 @@ def test_a_failed_training_attempt_is_freed_before_the_retry(
 def test_a_failed_no_grad_pass_is_freed_before_the_retry(
     make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_pass = Trainer._evaluation_pass
+    real_pass = Evaluator.evaluation_pass
     failed: list[weakref.ref[torch.Tensor]] = []
     alive_at_retry: list[bool] = []
 
-    def pass_that_fills_memory(self: Trainer, model, micro: int):
+    def pass_that_fills_memory(self: Evaluator, model, micro: int):
         if micro == 4:
             with torch.no_grad():
-                logits = self._logits(model, self._batch(self.eval_items))
+                forward = self.objective.forward
+                logits = forward.logits(model, forward.batch(self.items))
             failed.append(weakref.ref(logits))
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         if not alive_at_retry:
             alive_at_retry.append(failed[0]() is not None)
         return real_pass(self, model, micro)
 
-    monkeypatch.setattr(Trainer, "_evaluation_pass", pass_that_fills_memory)
+    monkeypatch.setattr(Evaluator, "evaluation_pass", pass_that_fills_memory)
     code, events = run_in_process(make_spec(hp={"epochs": 1, "split_ratio": 50, "eval_steps": 1}))
     assert code == EXIT_SUCCEEDED, of_type(events, "error")
     assert alive_at_retry == [False]
