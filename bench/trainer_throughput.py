@@ -136,9 +136,10 @@ def run_peer(config, seqs: list[list[int]], args) -> dict:
 
 
 def run_ours(config, seqs: list[list[int]], args) -> dict:
+    from tunehouse.contract.spec import RunSpec
     from tunehouse.trainer.events import EventWriter
     from tunehouse.trainer.loop import Trainer, epoch_order
-    from tunehouse.trainer.spec import RunSpec, StopFlag
+    from tunehouse.trainer.stop import StopFlag
     from tunehouse.trainer.tokenization import Example
 
     with tempfile.TemporaryDirectory() as out:

@@ -319,7 +319,7 @@ def models_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Render a conversation through NAME's chat template and show which tokens a run would train."""
-    from tunehouse.trainer.data import DataError
+    from tunehouse.contract.datasets import DataError
     from tunehouse.trainer.preview import EXAMPLE_CONVERSATION, conversation_from_file, preview
 
     ctx = open_context(_settings())
@@ -330,7 +330,7 @@ def models_check(
         raise typer.Exit(2)
     model = matches[0][0]
     if model.name == TINY_MODEL and model.account_id is None:
-        from tunehouse.trainer.tiny import ensure_tiny_model
+        from tunehouse.contract.tiny import ensure_tiny_model
 
         ensure_tiny_model(ctx.settings.home)
     try:

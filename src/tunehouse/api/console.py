@@ -42,6 +42,8 @@ from tunehouse.api.console_auth import (
 )
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import MAX_QUERY_INT
+from tunehouse.contract.datasets import formats_for_train_mode, validate_dataset
+from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -51,7 +53,6 @@ from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFo
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ templates.env.filters.update(
     when=views.fmt_time,
     num=views.fmt_num,
     plain=views.plain,
+    choice=views.choice,
     size=views.fmt_bytes,
     duration=views.fmt_duration,
 )
@@ -527,8 +529,7 @@ async def preview_conversation(
     if fmt not in PREVIEW_FORMATS:
         return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
     if source.get("tiny"):
-        from tunehouse.trainer.tiny import ensure_tiny_model  # built on first use, as the scheduler does
-
+        # Built on first use, as the scheduler does.
         await run_in_threadpool(ensure_tiny_model, ctx.settings.home)
     if not await run_in_threadpool(Path(source["model_dir"]).is_dir):
         missing = f"The model's directory is missing: {source['model_dir']}"

@@ -6,6 +6,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+from tunehouse.contract.hyperparameters import TINY_MODEL, rules
 from tunehouse.core import catalog
 from tunehouse.core.events import TRAINER_STATUS
 from tunehouse.core.states import TERMINAL, RunState
@@ -158,6 +159,10 @@ def run_snapshot(run: Run, output: Model | None) -> dict[str, Any]:
     }
 
 
+# A knob's type is the same on every model, so the form's fields parse without knowing the model.
+_KNOB_TYPES = {r.key: r.type for r in rules(TINY_MODEL)}
+
+
 def capabilities_spec(model_names: dict[str, str]) -> dict[str, Any]:
     """Per selectable model name (→ its root base): every mode/method's hyperparameters with ranges."""
     spec: dict[str, Any] = {}
@@ -182,12 +187,20 @@ def capabilities_spec(model_names: dict[str, str]) -> dict[str, Any]:
     return spec
 
 
+def choice(value: Any) -> str:
+    """A bool or string choice as a form value: true/false, as JSON writes them and run_form.js reads them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def hp_step(p: dict[str, Any]) -> str:
     return "1" if p["type"] == "int" else "any"
 
 
 def parse_hyperparameters(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """`hp.<key>` form fields → numbers; blanks mean "the default". Returns (values, per-field errors)."""
+    """`hp.<key>` form fields → values of each knob's type; blanks mean "the default". Returns (values,
+    per-field errors)."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name, raw in form.items():
@@ -195,6 +208,16 @@ def parse_hyperparameters(form: dict[str, str]) -> tuple[dict[str, Any], dict[st
             continue
         key = name[3:]
         text = raw.strip()
+        kind = _KNOB_TYPES.get(key)
+        if kind == "bool":
+            if text not in ("true", "false"):
+                errors[key] = "must be true or false"
+            else:
+                values[key] = text == "true"
+            continue
+        if kind in ("str", "modules"):
+            values[key] = text  # the catalog checks the choice, or splits the module names
+            continue
         try:
             number = float(text)
         except ValueError:

@@ -31,6 +31,7 @@ from tunehouse.api.envelopes import ds_error, request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
 from tunehouse.api.rate_limit import RateLimited, count_request
+from tunehouse.contract.datasets import formats_for_train_mode
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -42,7 +43,6 @@ from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Event, File, Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode
 
 log = logging.getLogger(__name__)
 

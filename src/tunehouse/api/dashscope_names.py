@@ -8,6 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from tunehouse.contract.hyperparameters import SCHEDULERS
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.events import TRAINER_STATUS
 from tunehouse.core.ids import KEY_LEN
@@ -48,9 +49,11 @@ STATUS = {
 HP_IN = {"n_epochs": "epochs", "max_length": "max_seq_len"}
 HP_OUT = {v: k for k, v in HP_IN.items()}
 DEFAULT_SPLIT = 0.8
-# Keys the spec lists but the core does not train with: checked against the spec's rules, then echoed.
+# Checked against the spec's rules, then passed on under their own (canonical) names. The core trains
+# with lr_scheduler_type and max_grad_norm; target_modules and max_split_val_dataset_sample are echoed only:
+# AUTO and ALL both mean every linear layer, the core's default lora_target_modules.
 TARGET_MODULES = ("AUTO", "ALL")
-LR_SCHEDULERS = ("linear", "cosine", "inverse_sqrt", "constant", "polynomial", "cosine_with_restarts")
+LR_SCHEDULERS = SCHEDULERS  # the spec's inverse_sqrt and polynomial have no trainer schedule behind them
 
 _JOB_ID = re.compile(rf"^ft-(?:(\d{{12}})-)?([a-z0-9]{{{KEY_LEN}}})$")
 

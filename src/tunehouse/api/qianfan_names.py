@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from tunehouse.contract.hyperparameters import ALL_LINEAR
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.states import RunState
 
@@ -33,8 +34,16 @@ HP_IN = {
     "gradientAccumulationSteps": "gradient_accumulation_steps",
     "saveTotalLimit": "save_total_limit",
     "dpoBeta": "dpo_beta",
+    "schedulerName": "lr_scheduler_type",
+    "maxGradNorm": "max_grad_norm",
+    "gradientCheckpointing": "gradient_checkpointing",
+    "packing": "packing",
+    "loraTargetModules": "lora_target_modules",
+    "mergeAdapter": "merge_adapter",
 }
 HP_OUT = {v: k for k, v in HP_IN.items()}
+# Other spellings callers send: the SDK's trainer writes Packing; loraAllLinear=true is every linear layer.
+HP_ALIASES = {"Packing": "packing", "loraAllLinear": "lora_target_modules"}
 
 V2_STATUS = {
     RunState.VALIDATING: "Waiting",
@@ -83,7 +92,15 @@ def hyperparameters_in(config: Any, field: str = "hyperParameterConfig") -> dict
         return {}
     if not isinstance(config, dict):
         raise InvalidParameter(field, "must be an object")
-    return {HP_IN.get(k, k): v for k, v in config.items()}
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if k == "loraAllLinear":
+            if v not in (True, "true", "True"):
+                why = "only true is supported; name the modules in loraTargetModules"
+                raise InvalidParameter(f"{field}.{k}", why)
+            v = ALL_LINEAR
+        out[HP_IN.get(k) or HP_ALIASES.get(k, k)] = v
+    return out
 
 
 V2_FIELDS = {

@@ -1,33 +1,57 @@
 """What each base model can be trained with: train modes, methods and hyperparameter rules.
 
-Keys are canonical (snake_case, as the trainer takes them); dialects rename them on the way in and out.
+The rules, types and defaults come from the run contract (tunehouse.contract.hyperparameters); this module
+checks API input against them. Keys are canonical (snake_case); dialects rename them on the way in and out.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from tunehouse.contract.hyperparameters import ALL_LINEAR, METHODS, TINY_MODEL, TRAIN_MODES, Rule, rules
 from tunehouse.core.errors import InvalidParameter
 
-TRAIN_MODES = ("sft", "pretrain", "dpo")
-METHODS = ("full", "lora")
-TINY_MODEL = "tunehouse-tiny"
+__all__ = ["METHODS", "TINY_MODEL", "TRAIN_MODES", "HyperParam", "ModelCapabilities", "capabilities"]
+
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_.]{1,100}$")
+_MAX_MODULES = 64
 
 
 @dataclass(frozen=True)
-class HyperParam:
-    key: str
-    type: str  # "int" | "float"
-    check_type: str  # "range" | "choice"
-    check_value: tuple[float, ...]
-    default: float
-    lora_only: bool = False
-    dpo_only: bool = False
-
-    def check(self, value: Any) -> float:
+class HyperParam(Rule):
+    def check(self, value: Any) -> Any:
         """The value coerced to this parameter's type; InvalidParameter when it breaks the rule."""
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise InvalidParameter(self.key, "must be true or false")
+            return value
+        if self.type == "str":
+            if not isinstance(value, str) or value not in self.check_value:
+                raise InvalidParameter(self.key, f"must be one of {', '.join(self.check_value)}")
+            return value
+        if self.type == "modules":
+            return self._modules(value)
+        return self._number(value)
+
+    def _modules(self, value: Any) -> str | list[str]:
+        if value == ALL_LINEAR:
+            return ALL_LINEAR
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if (
+            not isinstance(value, list)
+            or not 1 <= len(value) <= _MAX_MODULES
+            or not all(isinstance(n, str) and _MODULE_NAME.match(n) for n in value)
+        ):
+            raise InvalidParameter(
+                self.key, f"must be {ALL_LINEAR!r} or a list of module names such as q_proj, v_proj"
+            )
+        return list(value)
+
+    def _number(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidParameter(self.key, f"must be a number ({self.type})")
         # JSON admits 1e999 (inf) and 400-digit integers: refuse them before any conversion can overflow.
@@ -53,34 +77,6 @@ class HyperParam:
 
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{v:g}"
-
-
-def _table(tiny: bool) -> list[HyperParam]:
-    # The tiny model learns in seconds on a CPU only with large steps; real models want the usual ranges.
-    lr = (
-        HyperParam("learning_rate", "float", "range", (1e-6, 1e-2), 1e-3)
-        if tiny
-        else HyperParam("learning_rate", "float", "range", (1e-6, 1e-3), 3e-5)
-    )
-    seq = (128, 256, 512, 1024) if tiny else (512, 1024, 2048, 4096, 8192)
-    return [
-        HyperParam("epochs", "int", "range", (1, 50), 3 if tiny else 1),
-        lr,
-        HyperParam("batch_size", "int", "range", (1, 64), 4),
-        HyperParam("max_seq_len", "int", "choice", seq, 512 if tiny else 4096),
-        HyperParam("weight_decay", "float", "range", (0.0, 0.1), 0.01),
-        HyperParam("warmup_ratio", "float", "range", (0.0, 0.5), 0.0),
-        HyperParam("seed", "int", "range", (0, 2**31 - 1), 42),
-        HyperParam("save_steps", "int", "range", (0, 1_000_000), 0),
-        HyperParam("logging_steps", "int", "range", (1, 10_000), 1),
-        HyperParam("eval_steps", "int", "range", (0, 1_000_000), 0),
-        HyperParam("gradient_accumulation_steps", "int", "range", (1, 256), 1),
-        HyperParam("save_total_limit", "int", "range", (0, 1000), 0),
-        HyperParam("lora_rank", "int", "choice", (4, 8, 16, 32, 64), 8, lora_only=True),
-        HyperParam("lora_alpha", "int", "range", (1, 512), 16, lora_only=True),
-        HyperParam("lora_dropout", "float", "range", (0.0, 0.5), 0.05, lora_only=True),
-        HyperParam("dpo_beta", "float", "range", (0.01, 1.0), 0.1, dpo_only=True),
-    ]
 
 
 @dataclass(frozen=True)
@@ -113,12 +109,10 @@ class ModelCapabilities:
 
 
 def capabilities(model: str) -> ModelCapabilities:
-    table = _table(tiny=model == TINY_MODEL)
+    table = [HyperParam(**vars(rule)) for rule in rules(model)]
 
     def params(mode: str, method: str) -> list[HyperParam]:
-        return [
-            p for p in table if (method == "lora" or not p.lora_only) and (mode == "dpo" or not p.dpo_only)
-        ]
+        return [p for p in table if (method == "lora" or not p.lora_only) and mode in p.modes]
 
     modes = {mode: {method: params(mode, method) for method in METHODS} for mode in TRAIN_MODES}
     return ModelCapabilities(model=model, model_type="text2text", modes=modes)

@@ -14,11 +14,11 @@ from typing import Any, BinaryIO
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
+from tunehouse.contract.datasets import validate_dataset
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import new_key
 from tunehouse.store.models import File
-from tunehouse.trainer.data import validate_dataset
 
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"

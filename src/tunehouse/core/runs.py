@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, joinedload
 
+from tunehouse.contract.datasets import formats_for_train_mode
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
@@ -17,7 +18,6 @@ from tunehouse.core.registry import output_name_taken, resolve_model
 from tunehouse.core.states import TERMINAL, WANTS_TRAINER, RunState, check_move
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Account, Checkpoint, File, Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode
 
 # Percent of training rows held out for evaluation; dialects may allow less (Qianfan: 20).
 SPLIT_RATIO = (0, 50)

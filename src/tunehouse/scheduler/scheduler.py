@@ -6,7 +6,6 @@ Every step is idempotent, so a tick may be repeated after a crash at any point.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from tunehouse.config import Settings
+from tunehouse.contract.events import tail_events
+from tunehouse.contract.hyperparameters import STEP_DELAY_ENV
+from tunehouse.contract.spec import EXIT_STOPPED, Hyperparameters, InitFrom, RunSpec
+from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.clock import utcnow
@@ -31,8 +34,6 @@ from tunehouse.executors.gpus import free_gpus
 from tunehouse.store.db import Database
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Checkpoint, File, Job, Run
-from tunehouse.trainer.events import tail_events
-from tunehouse.trainer.spec import EXIT_STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +320,9 @@ class Scheduler:
             if gpu is not None:
                 record_event(s, run, "log", {"message": f"trainer started on GPU {gpu}"})
 
-    def _spec(self, s: Any, run: Run) -> tuple[dict[str, Any], Path]:
+    def _spec(self, s: Any, run: Run) -> tuple[RunSpec, Path]:
         base = resolve_base(s, run.base_model)
         if base.name == TINY_MODEL:
-            from tunehouse.trainer.tiny import ensure_tiny_model
-
             ensure_tiny_model(self.settings.home)
 
         def paths(key: str) -> list[str]:
@@ -331,28 +330,40 @@ class Scheduler:
 
         run_dir = self.settings.runs_dir / run.key
         run_dir.mkdir(parents=True, exist_ok=True)
-        hp = {**run.hyperparameters, "split_ratio": int(run.dataset.get("split_ratio", 0))}
+        hp = Hyperparameters.model_validate(
+            {
+                **run.hyperparameters,
+                "split_ratio": int(run.dataset.get("split_ratio", 0)),
+                "step_delay": _test_step_delay(),
+            }
+        )
         init = run.extra.get("init_from")
-        spec = {
-            "run_id": run.key,
-            "model_path": base.path,
-            "method": run.parameter_scale,
-            "train_mode": run.train_mode,
-            "train_files": paths("files"),
-            "validation_files": paths("validation_files"),
-            "output_dir": str(run_dir),
-            "resume_from": run.resume_from,
-            "init_from": {"path": init["path"], "kind": init["kind"]} if init else None,
-            "cache_dir": str(self.settings.home / "cache" / "tokenized"),
-            "chat_template_fallback": base.chat_template_fallback,
-            "hyperparameters": hp,
-        }
+        spec = RunSpec(
+            run_id=run.key,
+            model_path=Path(base.path),
+            method=run.parameter_scale,
+            train_mode=run.train_mode,
+            train_files=[Path(p) for p in paths("files")],
+            validation_files=[Path(p) for p in paths("validation_files")],
+            output_dir=run_dir,
+            resume_from=Path(run.resume_from) if run.resume_from else None,
+            init_from=InitFrom(path=Path(init["path"]), kind=init["kind"]) if init else None,
+            cache_dir=self.settings.home / "cache" / "tokenized",
+            chat_template_fallback=base.chat_template_fallback,
+            hyperparameters=hp,
+        )
         return spec, run_dir
 
 
-def _write_spec(run_dir: Path, spec: dict[str, Any]) -> Path:
+def _test_step_delay() -> float:
+    """Seconds the trainer waits after each step: 0 unless a test server asks for long runs. No API accepts
+    it, so a user can never slow a run down this way."""
+    return float(os.environ.get(STEP_DELAY_ENV) or 0)
+
+
+def _write_spec(run_dir: Path, spec: RunSpec) -> Path:
     path = run_dir / "spec.json"
     tmp = run_dir / "spec.json.part"
-    tmp.write_text(json.dumps(spec, indent=2))
+    tmp.write_text(spec.model_dump_json(indent=2))
     os.replace(tmp, path)
     return path

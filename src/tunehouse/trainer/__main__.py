@@ -11,9 +11,11 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from .data import DataError, check_files, formats_for_train_mode
+from tunehouse.contract.datasets import DataError, check_files, formats_for_train_mode
+from tunehouse.contract.spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, RunSpec, load_spec
+
 from .events import ErrorKind, EventWriter
-from .spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, RunSpec, StopFlag, load_spec
+from .stop import StopFlag
 
 
 def _check_data(spec: RunSpec) -> list[str]:

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .data import Turn
+from tunehouse.contract.datasets import Turn
 
 IGNORE_INDEX = -100
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, formats_for_train_mode, load_records
-from .spec import RunSpec
+from tunehouse.contract.datasets import DataError, formats_for_train_mode, load_records
+from tunehouse.contract.spec import RunSpec
+
 from .tokenization import TokenizedRow, assemble, split_holdout, tokenize_file, tokenizer_fingerprint
 
 

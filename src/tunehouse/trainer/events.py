@@ -1,4 +1,4 @@
-"""Append-only JSON-lines event log shared by the trainer (writer) and the server (reader)."""
+"""The trainer's side of the event log (tunehouse.contract.events): an append-only writer."""
 
 from __future__ import annotations
 
@@ -8,62 +8,18 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
-EventType = Literal[
-    "status", "log", "progress", "metrics", "checkpoint", "checkpoint_deleted", "model", "error"
-]
-RunState = Literal["loading", "running", "succeeded", "stopped", "failed"]
-ErrorKind = Literal["data", "runtime", "nan"]
+# read_events and tail_events are re-exported: the trainer's tests and tools read logs through this module.
+from tunehouse.contract.events import ErrorKind, EventType, read_events, tail_events
+from tunehouse.contract.events import TrainerState as RunState
+
+__all__ = ["EventWriter", "read_events", "tail_events"]
 
 
 def _now() -> str:
     now = datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def tail_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Parse complete lines from byte ``offset`` on; return them and the offset to resume from.
-
-    A last line without its newline is still being written, so it is left for the next call.
-    """
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    events: list[dict[str, Any]] = []
-    for raw in data[:end].splitlines():
-        event = _parse(raw)
-        if event is not None:
-            events.append(event)
-    return events, offset + end
-
-
-def read_events(path: Path, after_seq: int = 0) -> list[dict[str, Any]]:
-    """All events with ``seq > after_seq``; a torn or corrupt line is skipped, not fatal."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return []
-    events = []
-    for raw in data.splitlines():
-        event = _parse(raw)
-        if event is not None and event["seq"] > after_seq:
-            events.append(event)
-    return events
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        event = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(event, dict) or not isinstance(event.get("seq"), int):
-        return None
-    return event
 
 
 class EventWriter:

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from tunehouse.contract.datasets import DataError
+from tunehouse.contract.spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec
+
 from .checkpoint import Checkpointer, TrainState, is_checkpoint, is_lora_checkpoint, load_state, restore_rng
-from .data import DataError
 from .dataset import load_items
 from .evaluation import Evaluator
 from .events import EventWriter
@@ -33,7 +35,7 @@ from .memory import NoGradRetry, with_oom_retry
 from .modeling import base_path, check_init, choose_placement, load_model, save_model, tokenizer_source
 from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
-from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
+from .stop import StopFlag
 from .tensorboard import ScalarWriter
 from .tokenization import prepare_tokenizer
 

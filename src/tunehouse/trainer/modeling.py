@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
+from tunehouse.contract.spec import RunSpec
+
 from .attention import choose_attention, is_varlen
-from .spec import RunSpec
 
 
 @dataclass(frozen=True)

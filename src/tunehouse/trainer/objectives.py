@@ -9,12 +9,13 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from tunehouse.contract.spec import RunSpec
+
 from .checkpoint import REFERENCE_FILE
 from .evaluation import EvalSums
 from .forward import Forward
 from .losses import dpo_loss, token_loss
 from .memory import NoGradRetry
-from .spec import RunSpec
 from .tokenization import Example, Pair
 
 T = TypeVar("T")

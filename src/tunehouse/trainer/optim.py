@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .spec import Hyperparameters
+from tunehouse.contract.hyperparameters import Hyperparameters
 
 
 def build_optimizer(model: Any, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:

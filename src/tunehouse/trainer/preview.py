@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, Turn, load_records
+from tunehouse.contract.datasets import DataError, Turn, load_records
 
 EXAMPLE_CONVERSATION: tuple[Turn, ...] = (
     Turn("system", "You are a concise assistant for a bicycle shop."),

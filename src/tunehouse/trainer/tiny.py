@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-TINY_MODEL_NAME = "tunehouse-tiny"
+# The server builds the model through this module's __main__ (tunehouse.contract.tiny), never in-process.
+from tunehouse.contract.tiny import is_complete_model
+
 CORPUS_DIR = Path(__file__).parent / "corpus"
 VOCAB_SIZE = 1024
 SEED = 1234
@@ -30,13 +31,6 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-
-_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-def is_complete_model(path: Path) -> bool:
-    return all((path / name).is_file() for name in _REQUIRED_FILES)
-
 
 def _corpus_lines() -> list[str]:
     lines: list[str] = []
@@ -137,22 +131,6 @@ def build_tiny_model(dest: Path) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp)
-    return dest
-
-
-def ensure_tiny_model(home: Path, timeout_s: float = 600) -> Path:
-    """The tiny model under `home`, built first if missing, in a child process: building it needs torch and
-    transformers, which the API server must never load (they cost it hundreds of MB and libtorch)."""
-    dest = Path(home) / "models" / TINY_MODEL_NAME
-    if not is_complete_model(dest):
-        done = subprocess.run(
-            [sys.executable, "-m", "tunehouse.trainer.tiny", str(dest)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"building {TINY_MODEL_NAME} failed: {done.stderr.strip()[-2000:]}")
     return dest
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunehouse.contract.datasets import DataError, DataIssue, Record, Turn
+
 from .chat_template import (
     IGNORE_INDEX,
     TemplateError,
@@ -24,7 +26,6 @@ from .chat_template import (
     install_chatml,
     profile_template,
 )
-from .data import DataError, DataIssue, Record, Turn
 
 
 @dataclass(frozen=True)

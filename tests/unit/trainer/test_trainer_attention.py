@@ -21,11 +21,11 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+from tunehouse.contract.spec import EXIT_SUCCEEDED
 from tunehouse.trainer import attention
 from tunehouse.trainer.attention import ENV_OVERRIDE, choose_attention, is_varlen
 from tunehouse.trainer.batching import Batch, collate, collate_packed, collate_varlen
 from tunehouse.trainer.loop import token_loss
-from tunehouse.trainer.spec import EXIT_SUCCEEDED
 from tunehouse.trainer.tokenization import IGNORE_INDEX, Example
 
 from ...families import build_family_model

@@ -20,8 +20,8 @@ from tests.families import (
     build_family_model,
     build_family_tokenizer,
 )
+from tunehouse.contract.datasets import Turn
 from tunehouse.trainer.chat_template import encode_conversation, segments
-from tunehouse.trainer.data import Turn
 from tunehouse.trainer.tokenization import encode_chat, encode_text, prepare_tokenizer
 
 from .conftest import of_type, run_in_process, write_jsonl

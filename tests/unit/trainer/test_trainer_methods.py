@@ -12,7 +12,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunehouse.trainer.spec import EXIT_DATA_INVALID, EXIT_SUCCEEDED
+from tunehouse.contract.spec import EXIT_DATA_INVALID, EXIT_SUCCEEDED
 from tunehouse.trainer.tensorboard import read_scalars
 
 from .conftest import chat_rows, of_type, preference_rows, run_in_process, write_jsonl

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunehouse.trainer.data import Record, Turn
-from tunehouse.trainer.tiny import build_tiny_model, is_complete_model
+from tunehouse.contract.datasets import Record, Turn
+from tunehouse.contract.tiny import is_complete_model
+from tunehouse.trainer.tiny import build_tiny_model
 from tunehouse.trainer.tokenization import IGNORE_INDEX, encode_chat, split_holdout, tokenize_records
 
 

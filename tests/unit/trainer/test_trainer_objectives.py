@@ -8,6 +8,7 @@ from typing import Any, get_args
 import pytest
 import torch
 
+from tunehouse.contract.spec import RunSpec, TrainMode
 from tunehouse.trainer.evaluation import EvalSums
 from tunehouse.trainer.forward import Forward
 from tunehouse.trainer.objectives import (
@@ -17,7 +18,6 @@ from tunehouse.trainer.objectives import (
     SftObjective,
     dpo_reference_mode,
 )
-from tunehouse.trainer.spec import RunSpec, TrainMode
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tunehouse.contract.spec import EXIT_SUCCEEDED
 from tunehouse.trainer.evaluation import Evaluator
 from tunehouse.trainer.loop import with_oom_retry
 from tunehouse.trainer.memory import NoGradRetry
 from tunehouse.trainer.objectives import DpoObjective, SftObjective
-from tunehouse.trainer.spec import EXIT_SUCCEEDED
 
 from .conftest import of_type, preference_rows, run_in_process, write_jsonl
 

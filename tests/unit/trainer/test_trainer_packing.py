@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunehouse.contract.datasets import Record, Turn, load_records
+from tunehouse.contract.spec import EXIT_SUCCEEDED
 from tunehouse.trainer.batching import collate, collate_packed, pack_bins
-from tunehouse.trainer.data import Record, Turn, load_records
 from tunehouse.trainer.loop import token_loss
-from tunehouse.trainer.spec import EXIT_SUCCEEDED
 from tunehouse.trainer.tokenization import cache_key, tokenize_file, tokenize_records, tokenizer_fingerprint
 
 from .conftest import chat_rows, of_type, run_in_process, text_rows, write_jsonl

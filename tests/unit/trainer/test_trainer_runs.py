@@ -14,8 +14,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunehouse.contract.spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, EXIT_SUCCEEDED
 from tunehouse.trainer.events import read_events
-from tunehouse.trainer.spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, EXIT_SUCCEEDED
 
 from .conftest import chat_rows, of_type, run_in_process, run_trainer, spawn, text_rows, write_jsonl
 

@@ -17,7 +17,25 @@
     var id = "hp-" + p.key, hint = id + "-hint";
     wrap.appendChild(el("label", { "for": id }, p.key));
     var input;
-    if (p.check_type === "choice") {
+    if (p.type === "bool" || p.type === "str") {
+      input = el("select", { id: id, name: "hp." + p.key, "aria-describedby": hint });
+      input.appendChild(el("option", { value: "" }, "default (" + String(p.default) + ")"));
+      p.check_value.forEach(function (c) {
+        var o = el("option", { value: String(c) }, String(c));
+        if (value === String(c)) o.selected = true;
+        input.appendChild(o);
+      });
+      wrap.appendChild(input);
+      wrap.appendChild(el("p", { "class": "hint", id: hint }, "one of " + p.check_value.map(String).join(", ")));
+    } else if (p.type === "modules") {
+      input = el("input", {
+        id: id, name: "hp." + p.key, type: "text", placeholder: String(p.default), "aria-describedby": hint
+      });
+      input.value = value;
+      wrap.appendChild(input);
+      wrap.appendChild(el("p", { "class": "hint", id: hint },
+        "all-linear, or module names separated by commas (e.g. q_proj, v_proj)"));
+    } else if (p.check_type === "choice") {
       input = el("select", { id: id, name: "hp." + p.key, "aria-describedby": hint });
       input.appendChild(el("option", { value: "" }, "default (" + fmt(p.default) + ")"));
       p.check_value.forEach(function (c) {

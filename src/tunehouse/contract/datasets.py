@@ -1,7 +1,7 @@
-"""Dataset validation and loading for JSON-lines training files.
+"""The dataset formats: detection, line validation and loading of JSON-lines training files.
 
-Pure standard library: the API server imports this to validate uploads, so nothing here may pull in
-torch or transformers. Tokenization lives in ``tokenization.py``.
+Pure standard library: the API server validates uploads with it and the trainer loads with it, so nothing
+here may pull in torch or transformers. Tokenization lives in the trainer's ``tokenization.py``.
 """
 
 from __future__ import annotations
