@@ -207,10 +207,44 @@ def test_the_new_run_form_offers_the_models_ranges_and_defaults(
         ["default (512)", "128", "256", "512", "1024"]
     )
     expect(page.get_by_label("lora_rank")).to_be_visible()
+    expect(page.locator("#hp-lr_scheduler_type option")).to_have_text(
+        ["default (linear)", "linear", "cosine", "constant"]
+    )
+    expect(page.get_by_label("lora_target_modules")).to_have_attribute("placeholder", "all-linear")
     page.get_by_role("radio", name="Full fine-tuning").check()
     expect(page.get_by_label("lora_rank")).to_have_count(0)
+    expect(page.get_by_label("lora_target_modules")).to_have_count(0)
+    checkpointing = page.locator("#hp-gradient_checkpointing option")
+    expect(checkpointing).to_have_text(["default (false)", "false", "true"])
     page.get_by_role("radio", name="DPO (preferences)").check()
     expect(page.get_by_label("dpo_beta")).to_be_visible()
+
+
+def test_trainer_knobs_chosen_in_the_form_become_the_runs_settings(
+    new_page: Callable[[], Any], alice: dict
+) -> None:
+    page = new_page()
+    sign_in(page, alice["api_key"])
+    page.get_by_label("Name").fill("knobs")
+    page.get_by_role("button", name="Create job").click()
+    page.get_by_role("link", name="New run").click()
+    page.get_by_label("Model", exact=True).select_option("tunehouse-tiny")
+    page.get_by_role("radio", name="LoRA").check()
+    choose_file(page, "Or upload JSONL files", "arithmetic.jsonl", GOOD)
+    expect(page.locator("#upload-report")).to_contain_text("valid — 16 rows")
+    page.get_by_label("lr_scheduler_type").select_option("cosine")
+    page.get_by_label("gradient_checkpointing").select_option("true")
+    page.get_by_label("merge_adapter").select_option("true")
+    page.get_by_label("lora_target_modules").fill("q_proj, v_proj")
+    page.get_by_role("button", name="Create run").click()
+    expect(page).to_have_url(re.compile(r"/console/runs/[a-z0-9]{12}$"))
+    for key, shown in [
+        ("lr_scheduler_type", "cosine"),
+        ("gradient_checkpointing", "true"),
+        ("merge_adapter", "true"),
+        ("lora_target_modules", "q_proj, v_proj"),
+    ]:
+        expect(page.get_by_role("row", name=re.compile(f"^{key} "))).to_contain_text(shown)
 
 
 def test_the_new_run_form_blocks_a_bad_upload_before_submission(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -147,6 +148,22 @@ def test_stopping_a_long_task_ends_stopped_with_a_checkpoint(qianfan: Any, uploa
     listed = [c["step"] for c in stopped["checkpointList"]]
     assert listed and sorted(listed) == sorted(int(c.name.removeprefix("step-")) for c in ckpts)
     assert result(qianfan.V2.stop_task(task_id=task_id)) is False
+
+
+def test_trainer_knobs_set_by_their_qianfan_names_reach_the_trainers_spec(
+    qianfan: Any, upload: Any, server: Any
+) -> None:
+    knobs = {"schedulerName": "cosine", "gradientCheckpointing": True, "mergeAdapter": True}
+    knobs["loraTargetModules"] = "q_proj,v_proj"
+    task_id = new_task(qianfan, new_job(qianfan), upload(CHAT_ROWS), hp={**FAST, **knobs})
+    spec_path = server.home / "runs" / task_id.removeprefix("task-") / "spec.json"
+    spec = json.loads(wait_for(lambda: spec_path.exists() and spec_path.read_text()))
+    qianfan.V2.stop_task(task_id=task_id)
+    hp = spec["hyperparameters"]
+    assert (hp["lr_scheduler_type"], hp["gradient_checkpointing"]) == ("cosine", True)
+    assert hp["merge_adapter"] is True
+    assert hp["lora_target_modules"] == ["q_proj", "v_proj"] and hp["step_delay"] == 0
+    wait_terminal(qianfan, task_id)
 
 
 def _has_steps(server: Any, task_id: str) -> bool:

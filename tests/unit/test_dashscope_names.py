@@ -118,6 +118,7 @@ def test_nothing_is_split_off_when_validation_files_are_given() -> None:
         ({"split": "0.8"}, "split"),
         ({"max_split_val_dataset_sample": 0}, "max_split_val_dataset_sample"),
         ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type"),
+        ({"lr_scheduler_type": "inverse_sqrt"}, "lr_scheduler_type"),  # the spec's, but no trainer schedule
         ({"max_grad_norm": -1}, "max_grad_norm"),
         ({"target_modules": "q_proj"}, "target_modules"),
     ],
@@ -161,3 +162,8 @@ def test_progress_and_metrics_lines_show_the_step() -> None:
     assert "progress: step 3/8 (37%), eta_seconds=1.5" in names.log_line(CREATED, "progress", progress)
     metrics = {"step": 3, "train_loss": 1.25}
     assert "metrics: step 3: train_loss=1.25" in names.log_line(CREATED, "metrics", metrics)
+
+
+def test_trainer_knobs_dashscope_does_not_name_pass_on_under_their_canonical_keys() -> None:
+    given = {"gradient_checkpointing": True, "merge_adapter": True, "lora_target_modules": ["q_proj"]}
+    assert names.hyperparameters_in(given, TINY_SEQ, False)[0] == given

@@ -1,7 +1,17 @@
 """Every core concept the Qianfan dialect shows has a Qianfan name."""
 
-from tunehouse.api.qianfan_names import HP_OUT, SCALE_OUT, TRAIN_MODE_OUT, V1_STATUS, V2_STATUS
+import pytest
+
+from tunehouse.api.qianfan_names import (
+    HP_OUT,
+    SCALE_OUT,
+    TRAIN_MODE_OUT,
+    V1_STATUS,
+    V2_STATUS,
+    hyperparameters_in,
+)
 from tunehouse.core import catalog
+from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.states import RunState
 
 
@@ -19,3 +29,23 @@ def test_every_train_mode_and_method_has_a_qianfan_name():
 def test_every_run_state_maps_to_a_v1_and_a_v2_status():
     assert set(RunState) == set(V2_STATUS) == set(V1_STATUS)
     assert set(V2_STATUS.values()) <= {"Waiting", "Running", "Done", "Stopped", "Failed"}
+
+
+def test_the_trainer_knobs_qianfan_names_arrive_under_their_canonical_keys():
+    given = {"schedulerName": "cosine", "gradientCheckpointing": True, "mergeAdapter": True, "Packing": False}
+    assert hyperparameters_in(given) == {
+        "lr_scheduler_type": "cosine",
+        "gradient_checkpointing": True,
+        "merge_adapter": True,
+        "packing": False,
+    }
+
+
+def test_lora_all_linear_true_means_every_linear_layer():
+    assert hyperparameters_in({"loraAllLinear": True}) == {"lora_target_modules": "all-linear"}
+
+
+def test_lora_all_linear_false_is_refused_naming_the_key():
+    with pytest.raises(InvalidParameter) as info:
+        hyperparameters_in({"loraAllLinear": False})
+    assert info.value.field == "hyperParameterConfig.loraAllLinear"

@@ -65,6 +65,7 @@ templates.env.filters.update(
     num=views.fmt_num,
     plain=views.plain,
     choice=views.choice,
+    setting=views.setting,
     size=views.fmt_bytes,
     duration=views.fmt_duration,
 )

@@ -194,6 +194,13 @@ def choice(value: Any) -> str:
     return str(value)
 
 
+def setting(value: Any) -> str:
+    """A run's resolved hyperparameter for its settings table: module lists comma-separated."""
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return choice(value)
+
+
 def hp_step(p: dict[str, Any]) -> str:
     return "1" if p["type"] == "int" else "any"
 
