@@ -19,8 +19,8 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from tunehouse.config import Settings
 from tunehouse.contract.events import tail_events
-from tunehouse.contract.hyperparameters import STEP_DELAY_ENV
-from tunehouse.contract.spec import EXIT_STOPPED, Hyperparameters, InitFrom, RunSpec
+from tunehouse.contract.hyperparameters import STEP_DELAY_ENV, Hyperparameters
+from tunehouse.contract.spec import EXIT_STOPPED, InitFrom, RunSpec
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import TINY_MODEL

@@ -1,5 +1,5 @@
 """The training process: ``python -m tunehouse.trainer SPEC_JSON_PATH``.
 
-Kept free of imports on purpose: the API server imports ``tunehouse.trainer.data``,
-``.spec`` and ``.events`` and must not pay for (or depend on) torch/transformers.
+Only the trainer process imports this package; what it shares with the server (the spec, the event log's
+types, the dataset formats) lives in ``tunehouse.contract``.
 """

@@ -1,4 +1,4 @@
-"""``python -m tunehouse.trainer SPEC_JSON_PATH`` -- see spec.py for the exit codes."""
+"""``python -m tunehouse.trainer SPEC_JSON_PATH`` -- see tunehouse.contract.spec for the exit codes."""
 
 from __future__ import annotations
 
