@@ -238,6 +238,7 @@ def test_trainer_knobs_chosen_in_the_form_become_the_runs_settings(
     page.get_by_label("lora_target_modules").fill("q_proj, v_proj")
     page.get_by_role("button", name="Create run").click()
     expect(page).to_have_url(re.compile(r"/console/runs/[a-z0-9]{12}$"))
+    page.locator("summary", has_text="Hyperparameters").click()
     for key, shown in [
         ("lr_scheduler_type", "cosine"),
         ("gradient_checkpointing", "true"),
