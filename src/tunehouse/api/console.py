@@ -42,7 +42,7 @@ from tunehouse.api.console_auth import (
 )
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.contract.datasets import detect_format, formats_for_train_mode, validate_dataset
+from tunehouse.contract.datasets import formats_for_train_mode, validate_dataset
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
@@ -475,14 +475,6 @@ def _preview_source(ctx: AppContext, account: int, model_name: str, file_key: st
     return source
 
 
-def _line_format(line: bytes) -> str | None:
-    """The dataset format one JSON line has; None when it is not JSON or no format fits."""
-    try:
-        return detect_format(json.loads(line))
-    except (ValueError, RecursionError):
-        return None
-
-
 async def _run_preview(model_dir: str, fallback: str, line: bytes) -> tuple[int, dict[str, Any]]:
     """``python -m tunehouse.trainer.preview`` in a child process: the server never loads transformers."""
     with tempfile.TemporaryDirectory(prefix="tunehouse-preview-") as tmp:
@@ -534,7 +526,7 @@ async def preview_conversation(
         fmt = source["format"]
     else:
         data = str(line).encode()[:PREVIEW_LINE_MAX]
-        fmt = _line_format(data)
+        fmt = (await run_in_threadpool(file_svc.validate_bytes, data, 1)).format
     if fmt not in PREVIEW_FORMATS:
         return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
     if source.get("tiny"):
