@@ -11,7 +11,7 @@ sees the same examples packed or not; packing only changes the layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 from typing import Any
 
@@ -39,6 +39,21 @@ class Batch:
     @property
     def tokens(self) -> int:
         return self.real_tokens
+
+    def _map(self, fn: Any) -> Batch:
+        moved = {
+            f.name: fn(getattr(self, f.name))
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked host copies, so that ``to(..., non_blocking=True)`` overlaps with compute."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def model_inputs(self) -> dict[str, Any]:
         # No KV cache: transformers only derives the packed block mask when there is none.

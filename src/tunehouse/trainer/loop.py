@@ -34,20 +34,12 @@ from .modeling import base_path, check_init, choose_placement, load_model, save_
 from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
+from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .tensorboard import ScalarWriter
 from .tokenization import prepare_tokenizer
 
 # Imported from here by the entry point and by tests: the names lived in this module before the split.
 __all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, what: str, value: float, step: int, learning_rate: float, dtype: torch.dtype) -> None:
-        self.step = step
-        super().__init__(
-            f"{what} became {value} at step {step} (learning_rate={learning_rate:.3g}, "
-            f"dtype={str(dtype).removeprefix('torch.')}); lower the learning rate or check the data"
-        )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -71,23 +63,28 @@ def _rng_restore(snapshot: tuple[torch.Tensor, list[torch.Tensor] | None, Any]) 
 
 @dataclass
 class Window:
-    """Running sums between two metrics events (or since the session started)."""
+    """Running sums between two metrics events (or since the session started): token counts as
+    each step ends, the device-side metrics once they are read."""
 
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
     positions: int = 0
     correct: int = 0
     targets: int = 0
+    grad_norm: float = 0.0  # the latest read step's
     extra: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, result: StepResult) -> None:
-        self.losses.append(result.loss)
+    def add_tokens(self, result: StepResult) -> None:
         self.real_tokens += result.real_tokens
         self.positions += result.positions
-        self.correct += result.correct
-        self.targets += result.targets
-        for key, value in result.extra.items():
+
+    def add_metrics(self, metrics: StepMetrics) -> None:
+        self.losses.append(metrics.loss)
+        self.correct += metrics.correct
+        self.targets += metrics.targets
+        self.grad_norm = metrics.grad_norm
+        for key, value in metrics.extra.items():
             self.extra.setdefault(key, []).append(value)
 
     @property
@@ -236,12 +233,22 @@ class Trainer:
         session = Window()
         window = Window()
         session_steps = 0
+        pending = Pending(self.place.load_dtype)
+
+        def settle() -> None:
+            """Read the steps' device-side metrics (failing on a non-finite one) into the sums."""
+            nonlocal window
+            for read in pending.read():
+                window.add_metrics(read)
+                since_ckpt.append(read.loss)
+
         evaluator = Evaluator(objective, self.eval_items, self.no_grad)
         checkpointer = Checkpointer(
             spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler
         )
 
         def run_eval() -> None:
+            settle()  # never evaluate (or save) weights a non-finite step produced
             self.last_eval = evaluator.evaluate(model, self.micro)
             self.last_eval_step = state.step
             events.emit("metrics", {"step": state.step, **self.last_eval})
@@ -249,6 +256,7 @@ class Trainer:
 
         def checkpoint(evaluate_first: bool = True) -> None:
             nonlocal saved_step
+            settle()
             # A fresh evaluation makes "best" mean these weights, not some earlier step's.
             if evaluate_first and self.eval_items and self.last_eval_step != state.step:
                 run_eval()
@@ -266,6 +274,10 @@ class Trainer:
             indices = state.order[state.batch_index * self.per_step : (state.batch_index + 1) * self.per_step]
             items = [self.train_items[i] for i in indices]
             lr = scheduler.get_last_lr()[0]
+            objective.prefetch(items, self.micro)
+            if state.batch_index + 1 < steps_per_epoch:  # the next epoch's order is drawn later
+                following = state.order[(state.batch_index + 1) * self.per_step :][: self.per_step]
+                objective.prefetch([self.train_items[i] for i in following], self.micro)
             result, grad_norm = self.train_step(
                 model, objective, optimizer, scheduler, items, indices, state.step + 1
             )
@@ -284,9 +296,9 @@ class Trainer:
                     else []
                 )
             session_steps += 1
-            session.add(result)
-            window.add(result)
-            since_ckpt.append(result.loss)
+            session.add_tokens(result)
+            window.add_tokens(result)
+            pending.add(state.step, lr, result, grad_norm)
 
             elapsed = max(time.monotonic() - session.started, 1e-9)
             events.emit(
@@ -304,10 +316,11 @@ class Trainer:
             )
             last = state.step == total_steps
             if state.step % max(1, hp.logging_steps) == 0 or last:
+                settle()
                 metrics = {
                     "train_loss": sum(window.losses) / len(window.losses),
                     "learning_rate": lr,
-                    "grad_norm": grad_norm,
+                    "grad_norm": window.grad_norm,
                     "tokens_per_second": window.tokens_per_second(),
                     "padding_share": window.padding_share,
                     "train_token_accuracy": window.correct / max(1, window.targets),
@@ -327,11 +340,13 @@ class Trainer:
                 break
             self._sleep(hp.step_delay)
             if self.stop.requested:
+                settle()
                 if saved_step != state.step:
                     checkpoint(evaluate_first=False)  # stop promptly: no extra evaluation pass
                 events.status("stopped")
                 return EXIT_STOPPED
 
+        settle()
         if saved_step != state.step:
             checkpoint()
         events.emit("model", save_model(spec, model, tokenizer, state.trained_tokens))
@@ -347,9 +362,9 @@ class Trainer:
         items: list[Any],
         indices: list[int],
         step_number: int,
-    ) -> tuple[StepResult, float]:
-        """One optimizer step over ``items`` (micro-batched, packed, OOM-retried); (result, grad norm)."""
-        lr = scheduler.get_last_lr()[0]
+    ) -> tuple[StepResult, torch.Tensor]:
+        """One optimizer step over ``items`` (micro-batched, packed, OOM-retried); (result, grad norm),
+        both left on the device: nothing here waits for it (the loop reads them, see step_metrics.py)."""
         snapshot = _rng_snapshot()
 
         def attempt(micro: int) -> StepResult:
@@ -367,14 +382,9 @@ class Trainer:
             )
 
         result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
-        dtype = self.place.load_dtype
-        if not math.isfinite(result.loss):
-            raise NonFiniteLoss("loss", result.loss, step_number, lr, dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLoss("gradient norm", grad_norm, step_number, lr, dtype)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ import torch
 from .checkpoint import REFERENCE_FILE
 from .evaluation import EvalSums
 from .forward import Forward
-from .losses import dpo_loss, token_loss
+from .losses import dpo_loss, token_loss, token_sums
 from .memory import NoGradRetry
 from .spec import RunSpec
 from .tokenization import Example, Pair
@@ -26,17 +26,17 @@ def chunks(items: list[T], size: int) -> list[list[T]]:
 
 @dataclass
 class StepResult:
-    loss_sum: float = 0.0  # summed token loss (sft) or summed pair loss (dpo)
+    """What one step adds up. The sums that depend on the model stay on the device (0-d tensors,
+    float64 so they add up as exactly as host floats did) and the loop reads them once per logging
+    interval; waiting for them in the step would stall the host behind the device."""
+
+    loss_sum: torch.Tensor | float = 0.0  # summed token loss (sft) or summed pair loss (dpo)
     units: int = 0  # target tokens (sft) or pairs (dpo) the loss is averaged over
     real_tokens: int = 0
     positions: int = 0
-    correct: int = 0
-    targets: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(1, self.units)
+    correct: torch.Tensor | int = 0
+    targets: torch.Tensor | int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-step means, on the device
 
 
 class Objective:
@@ -68,6 +68,10 @@ class Objective:
         """Extra files (name -> object for torch.save) that a checkpoint of this objective needs."""
         return None
 
+    def prefetch(self, items: list[Any], micro: int) -> None:
+        """Start collating the batches a step over ``items`` will run (see prefetch.py)."""
+        self.forward.prefetch(chunks(items, micro))
+
     def step(self, model: Any, items: list[Any], indices: list[int], micro: int) -> StepResult:
         raise NotImplementedError
 
@@ -89,9 +93,9 @@ class SftObjective(Objective):
         result = StepResult(units=sum(e.targets for e in items))
         for chunk in chunks(items, micro):
             batch = self.forward.batch(chunk)
-            loss_sum, n, correct = token_loss(self.forward.logits(model, batch), batch.labels)
+            loss_sum, n, correct = token_sums(self.forward.logits(model, batch), batch.labels)
             (loss_sum / max(1, result.units)).backward()
-            result.loss_sum += float(loss_sum.detach())
+            result.loss_sum += loss_sum.detach().double()
             result.targets += n
             result.correct += correct
             result.real_tokens += batch.real_tokens
@@ -182,24 +186,31 @@ class DpoObjective(Objective):
         ref = self.reference[split][indices].to(self.forward.device)
         return ref[:, 0], ref[:, 1]
 
+    def prefetch(self, items: list[Pair], micro: int) -> None:
+        self.forward.prefetch([self.forward.pair_examples(c) for c in chunks(items, micro)], pack=False)
+
     def step(self, model: Any, items: list[Pair], indices: list[int], micro: int) -> StepResult:
         result = StepResult(units=len(items))
-        margins, wins = [], 0
+        margin_sum: torch.Tensor | float = 0.0
+        wins: torch.Tensor | int = 0
         for chunk, chunk_idx in zip(chunks(items, micro), chunks(indices, micro), strict=True):
             ref_chosen, ref_rejected = self._reference_logps(model, chunk, "train", chunk_idx)
             chosen, rejected, batch, logits = self.forward.pair_logps(model, chunk)
             losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             (losses.sum() / len(items)).backward()
-            result.loss_sum += float(losses.detach().sum())
-            margins += margin.detach().float().tolist()
-            wins += int((margin > 0).sum())
+            result.loss_sum += losses.detach().double().sum()
+            margin_sum += margin.detach().double().sum()
+            wins += (margin.detach() > 0).sum()
             k = len(chunk)
-            _, n, correct = token_loss(logits[:k].detach(), batch.labels[:k])
+            _, n, correct = token_sums(logits[:k].detach(), batch.labels[:k])
             result.targets += n
             result.correct += correct
             result.real_tokens += batch.real_tokens
             result.positions += batch.positions
-        result.extra = {"reward_accuracy": wins / len(items), "reward_margin": sum(margins) / len(margins)}
+        result.extra = {
+            "reward_accuracy": torch.as_tensor(wins, dtype=torch.float64) / len(items),
+            "reward_margin": torch.as_tensor(margin_sum, dtype=torch.float64) / len(items),
+        }
         return result
 
     def eval_chunk(self, model: Any, chunk: list[Pair], indices: list[int], sums: EvalSums) -> None:
