@@ -155,7 +155,7 @@ class Trainer:
             hp.max_seq_len,
         )
         objective = self.objective_type.create(spec, forward)
-        optimizer = build_optimizer(model, hp, self.place.device)
+        optimizer = build_optimizer(model, hp, self.place.device, events.log)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
         scheduler = build_scheduler(optimizer, hp, total_steps)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .attention import choose_attention, is_varlen
+from .precision import choose_precision
 from .spec import RunSpec
 
 
@@ -24,11 +25,9 @@ class Placement:
 
 def choose_placement(spec: RunSpec) -> Placement:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    # Frozen LoRA base weights can live in bf16; full fine-tuning keeps fp32 master weights and
-    # gets bf16 speed from autocast instead.
-    load_dtype = torch.bfloat16 if use_bf16 and spec.method == "lora" else torch.float32
-    return Placement(device, load_dtype, use_bf16)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = choose_precision(device.type, bf16, spec.method)  # the scheme: see precision.py
+    return Placement(device, precision.load_dtype, precision.autocast)
 
 
 def base_path(spec: RunSpec) -> Path:
