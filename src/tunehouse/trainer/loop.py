@@ -30,9 +30,18 @@ from .events import EventWriter
 from .forward import Forward
 from .losses import token_loss
 from .memory import NoGradRetry, with_oom_retry
-from .modeling import base_path, check_init, choose_placement, load_model, save_model, tokenizer_source
+from .modeling import (
+    base_path,
+    check_init,
+    choose_placement,
+    enable_checkpointing,
+    load_model,
+    save_model,
+    tokenizer_source,
+)
 from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
+from .planner import plan_for
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .tensorboard import ScalarWriter
@@ -106,6 +115,7 @@ class Trainer:
         self.micro = self.hp.batch_size
         self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
+        self.checkpointing = self.hp.gradient_checkpointing  # or the memory planner turns it on
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
         self.last_eval: dict[str, float] = {}
@@ -156,6 +166,20 @@ class Trainer:
         )
         objective = self.objective_type.create(spec, forward)
         optimizer = build_optimizer(model, hp, self.place.device, events.log)
+        plan = plan_for(
+            model,
+            self.place.device,
+            self.place.state_bytes,
+            hp.max_seq_len,
+            self.micro,
+            self.per_step,
+            hp.gradient_checkpointing,
+        )
+        events.log(plan.line)
+        if plan.checkpointing and not self.checkpointing:
+            enable_checkpointing(model)
+            self.checkpointing = True
+        self.micro = plan.micro
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
         scheduler = build_scheduler(optimizer, hp, total_steps)
@@ -225,7 +249,7 @@ class Trainer:
             f"steps: {total_steps} of {self.per_step} example(s) each, micro-batch {self.micro}, "
             f"gradient accumulation {math.ceil(self.per_step / self.micro)}, "
             f"packing {'on' if spec.packing else 'off'}, gradient checkpointing "
-            f"{'on' if hp.gradient_checkpointing else 'off'}" + objective.describe()
+            f"{'on' if self.checkpointing else 'off'}" + objective.describe()
         )
         model.train()
         saved_step = state.step if resume is not None else -1

@@ -21,13 +21,14 @@ class Placement:
     device: torch.device
     load_dtype: torch.dtype
     autocast: bool  # bf16 autocast around forward passes
+    state_bytes: int  # per trainable parameter: weight, gradient, optimizer state
 
 
 def choose_placement(spec: RunSpec) -> Placement:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     precision = choose_precision(device.type, bf16, spec.method)  # the scheme: see precision.py
-    return Placement(device, precision.load_dtype, precision.autocast)
+    return Placement(device, precision.load_dtype, precision.autocast, precision.state_bytes)
 
 
 def base_path(spec: RunSpec) -> Path:
@@ -97,12 +98,7 @@ def load_model(
     if init is not None and init.kind == "full" and resume is None:
         log(f"init_from: starting from the full weights in {init.path}")
     if hp.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
     model.to(place.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -115,6 +111,17 @@ def load_model(
         f"{trainable:,} of {total:,} parameters trainable"
     )
     return model, varlen
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing per decoder layer: transformers wraps each layer, so only the layers'
+    inputs are kept and a layer's activations are recomputed during its backward."""
+    # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def save_model(spec: RunSpec, model: Any, tokenizer: Any, trained_tokens: int) -> dict[str, Any]:
