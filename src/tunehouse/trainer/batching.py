@@ -168,6 +168,37 @@ def collate_varlen(examples: list[Example], device: torch.device | str = "cpu") 
     )
 
 
+def pad_to_multiple(batch: Batch, multiple: int, pad_id: int) -> Batch:
+    """``batch`` with its rows padded to a length that is a multiple of ``multiple`` (for compiled
+    graphs, which then see a bounded set of shapes). The padding is never a target and never
+    attended to from real tokens: a varlen row gets it as one more sequence, packed rows as a tail
+    whose positions restart, padded rows behind their attention mask."""
+    width = batch.input_ids.size(1)
+    extra = -width % multiple if multiple > 1 else 0
+    if extra == 0:
+        return batch
+    rows = batch.input_ids.size(0)
+
+    def grow(t: torch.Tensor, fill: int | torch.Tensor) -> torch.Tensor:
+        tail = fill.expand(rows, extra) if isinstance(fill, torch.Tensor) else torch.full((rows, extra), fill)
+        return torch.cat([t, tail.to(t.dtype)], dim=1)
+
+    restart = torch.arange(extra)
+    padded = replace(
+        batch,
+        input_ids=grow(batch.input_ids, pad_id),
+        labels=grow(batch.labels, IGNORE_INDEX),
+        attention_mask=None if batch.attention_mask is None else grow(batch.attention_mask, 0),
+        position_ids=None if batch.position_ids is None else grow(batch.position_ids, restart),
+    )
+    if batch.cu_seq_lens is not None:
+        end = torch.tensor([width + extra], dtype=batch.cu_seq_lens.dtype)
+        padded = replace(
+            padded, cu_seq_lens=torch.cat([batch.cu_seq_lens, end]), max_length=max(batch.max_length, extra)
+        )
+    return padded
+
+
 def _fill_row(
     ids: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, examples: list[Example]
 ) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .batching import Batch, collate, collate_packed, collate_varlen
+from .batching import Batch, collate, collate_packed, collate_varlen, pad_to_multiple
 from .losses import sequence_logps
 from .prefetch import Prefetcher
 from .tokenization import Example, Pair
@@ -26,6 +26,7 @@ class Forward:
     pad_id: int
     max_seq_len: int
     prefetcher: Prefetcher = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    bucket: int = 0  # pad row lengths to a multiple of this (compiled layers); 0: no padding
 
     def __post_init__(self) -> None:
         if self.prefetcher is None:
@@ -36,10 +37,14 @@ class Forward:
 
     def host_batch(self, examples: list[Example], pack: bool | None = None) -> Batch:
         if self._pack(pack):
-            if self.varlen:
-                return collate_varlen(examples)
-            return collate_packed(examples, self.max_seq_len, self.pad_id)
-        return collate(examples, self.pad_id)
+            batch = (
+                collate_varlen(examples)
+                if self.varlen
+                else collate_packed(examples, self.max_seq_len, self.pad_id)
+            )
+        else:
+            batch = collate(examples, self.pad_id)
+        return pad_to_multiple(batch, self.bucket, self.pad_id) if self.bucket else batch
 
     @staticmethod
     def _key(examples: list[Example], pack: bool) -> tuple[Any, ...]:

@@ -28,7 +28,7 @@ from .dataset import load_items
 from .evaluation import Evaluator
 from .events import EventWriter
 from .forward import Forward
-from .losses import token_loss
+from .losses import token_loss, token_sums
 from .memory import NoGradRetry, with_oom_retry
 from .modeling import (
     base_path,
@@ -42,10 +42,11 @@ from .modeling import (
 from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
 from .planner import plan_for
+from .regional_compile import BUCKET, compile_layers, compile_wanted, decoder_layers
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .tensorboard import ScalarWriter
-from .tokenization import prepare_tokenizer
+from .tokenization import Example, prepare_tokenizer
 
 # Imported from here by the entry point and by tests: the names lived in this module before the split.
 __all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
@@ -156,16 +157,6 @@ class Trainer:
         random.seed(hp.seed)
         torch.manual_seed(hp.seed)
         model, varlen = load_model(spec, self.place, resume, events.log)
-        forward = Forward(
-            self.place.device,
-            self.place.autocast,
-            spec.packing,
-            varlen,
-            tokenizer.pad_token_id,
-            hp.max_seq_len,
-        )
-        objective = self.objective_type.create(spec, forward)
-        optimizer = build_optimizer(model, hp, self.place.device, events.log)
         plan = plan_for(
             model,
             self.place.device,
@@ -180,6 +171,22 @@ class Trainer:
             enable_checkpointing(model)
             self.checkpointing = True
         self.micro = plan.micro
+
+        def make_forward(bucket: int) -> Forward:
+            return Forward(
+                self.place.device,
+                self.place.autocast,
+                spec.packing,
+                varlen,
+                tokenizer.pad_token_id,
+                hp.max_seq_len,
+                bucket=bucket,
+            )
+
+        bucket = self._compile(model, make_forward(0))
+        forward = make_forward(bucket)
+        objective = self.objective_type.create(spec, forward)
+        optimizer = build_optimizer(model, hp, self.place.device, events.log)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
         scheduler = build_scheduler(optimizer, hp, total_steps)
@@ -413,6 +420,34 @@ class Trainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return result, grad_norm
+
+    def _compile(self, model: Any, forward: Forward) -> int:
+        """Compile the decoder layers when wanted (regional_compile.py); returns the length bucket
+        batches must be padded to, 0 when the layers stay eager."""
+        wanted, why = compile_wanted(self.place.device.type)
+        if not wanted:
+            return 0
+        layers = decoder_layers(model)
+        if not layers:
+            self.events.log(f"compile: no decoder layers found, training eager ({why})")
+            return 0
+        n = min(BUCKET, self.hp.max_seq_len)
+        pad = forward.pad_id
+
+        def warm_up() -> None:
+            batch = forward.batch([Example([pad] * n, [pad] * n)])
+            loss_sum, _, _ = token_sums(forward.logits(model, batch), batch.labels)
+            loss_sum.backward()
+
+        error = compile_layers(model, layers, warm_up)
+        if error is not None:
+            self.events.log(f"compile: failed, training eager ({error})")
+            return 0
+        self.events.log(
+            f"compile: {len(layers)} decoder layers compiled ({why}), "
+            f"row lengths padded to multiples of {BUCKET}"
+        )
+        return BUCKET
 
     def _sleep(self, seconds: float) -> None:
         # Short naps so a SIGTERM during a long step_delay is noticed within a fraction of a second.
