@@ -63,8 +63,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         chunk_rows: int,
+        grad_enabled: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        # needs_input_grad ignores torch.no_grad() around the call; an evaluation pass must not pay for
+        # gradients (nor hold a weight-sized buffer).
+        want_h, want_w, want_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         correct = torch.zeros((), dtype=torch.long, device=h.device)
         grad_h = torch.empty_like(h) if want_h else None
@@ -103,7 +106,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out = []
         for has, g, dtype in zip(ctx.has, saved, ctx.dtypes, strict=True):
             out.append((g * grad_loss).to(dtype) if has else None)
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None
 
 
 class _LinearLogProbs(torch.autograd.Function):
@@ -190,10 +193,10 @@ def linear_cross_entropy(
     rows = _chunk_rows(h.shape[0], weight.shape[0], chunk_rows)
     if use_liger and _LigerFLCE is not None and h.is_cuda:
         loss = _LigerFLCE(ignore_index=ignore_index, reduction="sum")(weight, h, targets, bias)
-        with torch.no_grad():
-            correct = token_correct(h, weight, targets, bias, chunk_rows=rows)
+        # Liger returns no argmax; counting hits costs one more no-grad pass over the head.
+        correct = token_correct(h.detach(), weight.detach(), targets, bias, chunk_rows=rows)
         return loss.float(), count, correct
-    loss, correct = _LinearCrossEntropy.apply(h, weight, bias, targets, rows)
+    loss, correct = _LinearCrossEntropy.apply(h, weight, bias, targets, rows, torch.is_grad_enabled())
     return loss, count, correct
 
 

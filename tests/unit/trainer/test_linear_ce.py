@@ -26,7 +26,7 @@ def inputs(dtype: torch.dtype = torch.float32, bias: bool = False, seed: int = 0
 def reference(hidden, weight, bias, labels, reduction: str = "sum"):
     logits = (hidden @ weight.T if bias is None else hidden @ weight.T + bias).float()
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, V),
+        logits[:, :-1].reshape(-1, weight.shape[0]),
         labels[:, 1:].reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction=reduction,
@@ -131,11 +131,15 @@ def test_no_targets_give_zero_loss_that_still_backpropagates() -> None:
     assert torch.all(weight.grad == 0)
 
 
-def peak_bytes(work) -> int:
+def peak_bytes(work, *inputs: torch.Tensor) -> int:
+    """Peak bytes of tensors ``work`` allocates (torch's own tracker), over what ``inputs`` already hold."""
     tracker = MemTracker()
+    tracker.track_external(*inputs)  # else the first view of an input would count its whole storage
+    cpu = torch.device("cpu")
     with tracker:
+        before = tracker.get_tracker_snapshot().get(cpu, {}).get("Total", 0)
         work()
-    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    return tracker.get_tracker_snapshot("peak")[cpu]["Total"] - before
 
 
 def test_chunked_peak_memory_is_a_fraction_of_the_full_logits_at_a_large_vocabulary() -> None:
@@ -153,8 +157,26 @@ def test_chunked_peak_memory_is_a_fraction_of_the_full_logits_at_a_large_vocabul
         linear_cross_entropy(hidden, weight, labels, chunk_rows=32)[0].backward()
 
     logits_bytes = tokens * vocab * 4
-    full_peak, chunked_peak = peak_bytes(full), peak_bytes(chunked)
+    full_peak, chunked_peak = peak_bytes(full, hidden, weight), peak_bytes(chunked, hidden, weight)
     assert full_peak > 2 * logits_bytes  # the reference holds the logits and their gradient at once
     # What remains: the weight's gradient (as large as the weight) and a couple of 32-row chunks.
     assert chunked_peak < 2 * vocab * hidden_size * 4 + 4 * 32 * vocab * 4
     assert chunked_peak < full_peak / 4
+
+
+def test_no_grad_pass_keeps_no_gradient_buffers() -> None:
+    vocab, tokens, hidden_size, chunk = 20_000, 256, 64, 16
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, tokens, hidden_size, generator=g).requires_grad_()
+    weight = (torch.randn(vocab, hidden_size, generator=g) * 0.05).requires_grad_()
+    labels = torch.randint(0, vocab, (1, tokens), generator=g)
+    losses = []
+    with torch.no_grad():
+        peak = peak_bytes(
+            lambda: losses.append(linear_cross_entropy(hidden, weight, labels, chunk_rows=chunk)[0]),
+            hidden,
+            weight,
+        )
+        torch.testing.assert_close(losses[0], reference(hidden, weight, None, labels), rtol=1e-5, atol=1e-3)
+    assert peak < 4 * chunk * vocab * 4  # a few chunks of logits, no weight-sized gradient buffer
+    assert peak < vocab * hidden_size * 4
