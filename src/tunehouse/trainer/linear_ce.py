@@ -192,7 +192,9 @@ def linear_cross_entropy(
         return zero, count, torch.zeros((), dtype=torch.long, device=hidden.device)
     rows = _chunk_rows(h.shape[0], weight.shape[0], chunk_rows)
     if use_liger and _LigerFLCE is not None and h.is_cuda:
-        loss = _LigerFLCE(ignore_index=ignore_index, reduction="sum")(weight, h, targets, bias)
+        out = _LigerFLCE(ignore_index=ignore_index, reduction="sum")(weight, h, targets, bias)
+        # Newer Liger releases can return (loss, z_loss) or an output object instead of the bare loss.
+        loss = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)
         # Liger returns no argmax; counting hits costs one more no-grad pass over the head.
         correct = token_correct(h.detach(), weight.detach(), targets, bias, chunk_rows=rows)
         return loss.float(), count, correct
