@@ -106,6 +106,17 @@ def test_bf16_matches_the_reference_within_bf16_rounding() -> None:
         torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_under_bf16_autocast_fp32_master_weights_get_fp32_gradients_close_to_the_reference() -> None:
+    hidden, weight, _, labels = inputs()  # fp32, as full fine-tuning keeps them under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = linear_cross_entropy(hidden, weight, labels, chunk_rows=8)
+        ref = reference(hidden, weight, None, labels)
+    torch.testing.assert_close(loss, ref, rtol=2e-3, atol=0.0)
+    for got, want in zip(grads(loss, hidden, weight), grads(ref, hidden, weight), strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_sequence_logps_and_gradients_equal_the_reference(bias: bool) -> None:
     hidden, weight, b, labels = inputs(bias=bias, seed=5)
