@@ -1,7 +1,13 @@
-"""Forward passes: examples into batches into logits, the same way for every objective.
+"""Forward passes: examples into batches into losses, the same way for every objective.
 
 Batches are collated on the host (on a background thread when they were asked for ahead with
 ``prefetch``), pinned on CUDA, and copied to the device without blocking the host.
+
+When the model's logits are its LM head applied to the decoder's last hidden states and nothing
+else (checked once, numerically, by ``plain_head``), losses skip the full logits: the decoder runs
+alone, its hidden states at labelled positions are gathered, and linear_ce.py applies the head a
+chunk at a time (Liger's fused kernel on CUDA). Otherwise (soft-capped or scaled logits, an adapted
+head) the losses come from the model's full logits.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from typing import Any
 import torch
 
 from .batching import Batch, collate, collate_packed, collate_varlen, pad_to_multiple
-from .losses import sequence_logps
+from .linear_ce import linear_cross_entropy, linear_sequence_logps, next_token_rows, token_correct
+from .losses import sequence_logps, token_sums
 from .prefetch import Prefetcher
 from .tokenization import Example, Pair
 
@@ -27,6 +34,7 @@ class Forward:
     max_seq_len: int
     prefetcher: Prefetcher = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
     bucket: int = 0  # pad row lengths to a multiple of this (compiled layers); 0: no padding
+    linear_head: bool = False  # losses through linear_ce from hidden states (see plain_head)
 
     def __post_init__(self) -> None:
         if self.prefetcher is None:
@@ -66,6 +74,21 @@ class Forward:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return model(**batch.model_inputs()).logits
 
+    def _hidden(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.nn.Linear]:
+        """(the decoder's last hidden states, the LM head) for ``batch``."""
+        lm = causal_lm(model)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = lm.get_decoder()(**batch.model_inputs()).last_hidden_state
+        return hidden, lm.get_output_embeddings()
+
+    def token_sums(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed next-token cross-entropy, target count, argmax-correct count) as device tensors."""
+        if not self.linear_head:
+            return token_sums(self.logits(model, batch), batch.labels)
+        hidden, head = self._hidden(model, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return linear_cross_entropy(hidden, head.weight, batch.labels, head.bias)
+
     @staticmethod
     def pair_examples(pairs: list[Pair]) -> list[Example]:
         """Both replies of every pair, in the one batch that ``pair_logps`` runs."""
@@ -73,9 +96,52 @@ class Forward:
 
     def pair_logps(
         self, model: Any, pairs: list[Pair]
-    ) -> tuple[torch.Tensor, torch.Tensor, Batch, torch.Tensor]:
-        """(chosen log-probs, rejected log-probs, the batch, its logits): both replies in one forward."""
+    ) -> tuple[torch.Tensor, torch.Tensor, Batch, torch.Tensor, torch.Tensor]:
+        """(chosen log-probs, rejected log-probs, the batch, the chosen replies' target count and
+        argmax-correct count): both replies in one forward."""
         batch = self.batch(self.pair_examples(pairs), pack=False)
-        logits = self.logits(model, batch)
-        logps = sequence_logps(logits, batch.labels)
-        return logps[: len(pairs)], logps[len(pairs) :], batch, logits
+        k = len(pairs)
+        if not self.linear_head:
+            logits = self.logits(model, batch)
+            logps = sequence_logps(logits, batch.labels)
+            _, n, correct = token_sums(logits[:k].detach(), batch.labels[:k])
+            return logps[:k], logps[k:], batch, n, correct
+        hidden, head = self._hidden(model, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logps = linear_sequence_logps(hidden, head.weight, batch.labels, head.bias)
+            h, targets, _ = next_token_rows(hidden[:k].detach(), batch.labels[:k])
+            correct = token_correct(h, head.weight.detach(), targets, head.bias)
+        return logps[:k], logps[k:], batch, torch.tensor(targets.numel(), device=hidden.device), correct
+
+
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM under a PEFT wrapper (its layers carry the adapter)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def plain_head(model: Any, device: torch.device) -> bool:
+    """Whether ``model``'s logits are exactly its plain linear LM head over the decoder's output, so
+    that losses may go through linear_ce: checked on a few tokens, in eval mode (no dropout)."""
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or not hasattr(lm, "get_decoder"):
+        return False  # an adapted or custom head: only the model's own forward applies it right
+    config = getattr(lm.config, "text_config", None) or lm.config
+    # Transformations of the logits a few tokens of an untrained model would not show numerically.
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in LOGIT_TRANSFORMS):
+        return False
+    training = model.training
+    model.eval()
+    try:
+        ids = (torch.arange(8, device=device) % head.out_features)[None]
+        logits = model(input_ids=ids, use_cache=False).logits
+        hidden = lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        return torch.allclose(head(hidden).float(), logits.float(), rtol=1e-4, atol=1e-4)
+    except Exception:  # noqa: BLE001 - a model this does not fit keeps the full-logits path
+        return False
+    finally:
+        model.train(training)

@@ -27,7 +27,7 @@ from .data import DataError
 from .dataset import load_items
 from .evaluation import Evaluator
 from .events import EventWriter
-from .forward import Forward
+from .forward import Forward, plain_head
 from .losses import token_loss, token_sums
 from .memory import NoGradRetry, with_oom_retry
 from .modeling import (
@@ -172,6 +172,8 @@ class Trainer:
             self.checkpointing = True
         self.micro = plan.micro
 
+        linear_head = plain_head(model, self.place.device)
+
         def make_forward(bucket: int) -> Forward:
             return Forward(
                 self.place.device,
@@ -181,6 +183,7 @@ class Trainer:
                 tokenizer.pad_token_id,
                 hp.max_seq_len,
                 bucket=bucket,
+                linear_head=linear_head,
             )
 
         bucket = self._compile(model, make_forward(0))
@@ -256,7 +259,9 @@ class Trainer:
             f"steps: {total_steps} of {self.per_step} example(s) each, micro-batch {self.micro}, "
             f"gradient accumulation {math.ceil(self.per_step / self.micro)}, "
             f"packing {'on' if spec.packing else 'off'}, gradient checkpointing "
-            f"{'on' if self.checkpointing else 'off'}" + objective.describe()
+            f"{'on' if self.checkpointing else 'off'}, loss from "
+            + ("labelled hidden states (linear_ce)" if objective.forward.linear_head else "full logits")
+            + objective.describe()
         )
         model.train()
         saved_step = state.step if resume is not None else -1

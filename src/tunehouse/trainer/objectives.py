@@ -12,7 +12,7 @@ import torch
 from .checkpoint import REFERENCE_FILE
 from .evaluation import EvalSums
 from .forward import Forward
-from .losses import dpo_loss, token_loss, token_sums
+from .losses import dpo_loss
 from .memory import NoGradRetry
 from .spec import RunSpec
 from .tokenization import Example, Pair
@@ -93,7 +93,7 @@ class SftObjective(Objective):
         result = StepResult(units=sum(e.targets for e in items))
         for chunk in chunks(items, micro):
             batch = self.forward.batch(chunk)
-            loss_sum, n, correct = token_sums(self.forward.logits(model, batch), batch.labels)
+            loss_sum, n, correct = self.forward.token_sums(model, batch)
             (loss_sum / max(1, result.units)).backward()
             result.loss_sum += loss_sum.detach().double()
             result.targets += n
@@ -104,11 +104,11 @@ class SftObjective(Objective):
 
     def eval_chunk(self, model: Any, chunk: list[Example], indices: list[int], sums: EvalSums) -> None:
         batch = self.forward.batch(chunk)
-        batch_loss, n, ok = token_loss(self.forward.logits(model, batch), batch.labels)
+        batch_loss, n, ok = self.forward.token_sums(model, batch)
         sums.loss_sum += float(batch_loss)
-        sums.units += n
-        sums.tokens += n
-        sums.correct += ok
+        sums.units += int(n)
+        sums.tokens += int(n)
+        sums.correct += int(ok)
 
 
 class PretrainObjective(SftObjective):
@@ -170,7 +170,7 @@ class DpoObjective(Objective):
         for split, items in splits.items():
             rows = []
             for chunk in chunks(items, micro):
-                chosen, rejected, _, _ = self.forward.pair_logps(model, chunk)
+                chosen, rejected, *_ = self.forward.pair_logps(model, chunk)
                 rows.append(torch.stack([chosen, rejected], dim=1).float().cpu())
             out[split] = torch.cat(rows) if rows else torch.zeros((0, 2))
         model.train()
@@ -181,7 +181,7 @@ class DpoObjective(Objective):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_mode == "adapter_off":
             with torch.no_grad(), model.disable_adapter():
-                chosen, rejected, _, _ = self.forward.pair_logps(model, pairs)
+                chosen, rejected, *_ = self.forward.pair_logps(model, pairs)
             return chosen, rejected
         ref = self.reference[split][indices].to(self.forward.device)
         return ref[:, 0], ref[:, 1]
@@ -195,14 +195,12 @@ class DpoObjective(Objective):
         wins: torch.Tensor | int = 0
         for chunk, chunk_idx in zip(chunks(items, micro), chunks(indices, micro), strict=True):
             ref_chosen, ref_rejected = self._reference_logps(model, chunk, "train", chunk_idx)
-            chosen, rejected, batch, logits = self.forward.pair_logps(model, chunk)
+            chosen, rejected, batch, n, correct = self.forward.pair_logps(model, chunk)
             losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             (losses.sum() / len(items)).backward()
             result.loss_sum += losses.detach().double().sum()
             margin_sum += margin.detach().double().sum()
             wins += (margin.detach() > 0).sum()
-            k = len(chunk)
-            _, n, correct = token_sums(logits[:k].detach(), batch.labels[:k])
             result.targets += n
             result.correct += correct
             result.real_tokens += batch.real_tokens
@@ -215,14 +213,13 @@ class DpoObjective(Objective):
 
     def eval_chunk(self, model: Any, chunk: list[Pair], indices: list[int], sums: EvalSums) -> None:
         ref_chosen, ref_rejected = self._reference_logps(model, chunk, "eval", indices)
-        chosen, rejected, batch, logits = self.forward.pair_logps(model, chunk)
+        chosen, rejected, batch, n, ok = self.forward.pair_logps(model, chunk)
         losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         sums.loss_sum += float(losses.sum())
         sums.units += len(chunk)
         sums.values.setdefault("margin", []).extend(margin.float().tolist())
-        _, n, ok = token_loss(logits[: len(chunk)], batch.labels[: len(chunk)])
-        sums.tokens += n
-        sums.correct += ok
+        sums.tokens += int(n)
+        sums.correct += int(ok)
 
     def eval_metrics(self, sums: EvalSums) -> dict[str, float]:
         metrics = super().eval_metrics(sums)
