@@ -48,6 +48,8 @@ from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .tensorboard import ScalarWriter
 from .tokenization import Example, prepare_tokenizer
 
+MAX_UNREAD = 32  # steps whose metrics may wait on the device for the logging interval
+
 # Imported from here by the entry point and by tests: the names lived in this module before the split.
 __all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
 
@@ -335,6 +337,8 @@ class Trainer:
             session.add_tokens(result)
             window.add_tokens(result)
             pending.add(state.step, lr, result, grad_norm)
+            if len(pending) >= MAX_UNREAD:
+                settle()  # a non-finite loss fails the run within this many steps, whatever the interval
 
             elapsed = max(time.monotonic() - session.started, 1e-9)
             events.emit(
