@@ -39,8 +39,10 @@ def test_metrics_read_per_interval_equal_the_per_step_reads(
     total = max(per_step)
     assert sorted(per_step) == list(range(1, total + 1))
     assert sorted(per_interval) == [s for s in range(1, total + 1) if s % INTERVAL == 0 or s == total]
-    for end, metrics in per_interval.items():
-        window = [per_step[s] for s in range(end - INTERVAL + 1, end + 1) if s in per_step]
+    previous = 0
+    for end, metrics in sorted(per_interval.items()):
+        window = [per_step[s] for s in range(previous + 1, end + 1)]
+        previous = end
         assert metrics["train_loss"] == pytest.approx(sum(m["train_loss"] for m in window) / len(window))
         assert metrics["grad_norm"] == per_step[end]["grad_norm"]
         assert metrics["learning_rate"] == per_step[end]["learning_rate"]
