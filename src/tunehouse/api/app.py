@@ -16,6 +16,7 @@ from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.metrics import RunStateCollector
+from tunehouse.api.storage_guard import StorageGuard
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(openai_fine_tuning.router)
     app.include_router(dashscope.router)
     app.include_router(console.router)
+    app.add_middleware(StorageGuard, settings=settings)
 
     @app.exception_handler(AuthFailure)
     async def _bce_failure(request: Request, exc: AuthFailure) -> JSONResponse:

@@ -37,6 +37,7 @@ from tunehouse.core.events import events_page
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
+from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import Event, File, Job, Model, Run
 from tunehouse.trainer.data import formats_for_train_mode
 
@@ -111,7 +112,10 @@ class _DashScopeRoute(APIRoute):
                 return ds_error(400, "UnsupportedOperation", e.message)
             except QuotaExceeded as e:
                 return ds_error(429, "Throttling", e.message)
-            except Exception:
+            except Exception as exc:
+                if out_of_space(exc):
+                    log.warning("DashScope request failed: no space left on device")
+                    return ds_error(507, "InsufficientStorage", NO_SPACE_MESSAGE)
                 log.exception("DashScope request failed")
                 return ds_error(500, "InternalError", "Internal server error!")
 

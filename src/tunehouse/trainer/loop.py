@@ -34,6 +34,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import DataError, formats_for_train_mode, load_records
+from .diskspace import dir_bytes, ensure_room, written_whole
 from .events import EventWriter
 from .spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, StopFlag
 from .tensorboard import ScalarWriter
@@ -203,6 +204,7 @@ class Trainer:
         self.hp = spec.hyperparameters
         self.events = events
         self.stop = stop
+        self.checkpoint_bytes = 0  # size of the last checkpoint written
         self.output_dir = spec.output_dir.resolve()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -633,7 +635,10 @@ class Trainer:
             metrics.update(self.last_eval)
             path = checkpoints_dir / f"step-{state.step}"
             extra = {REFERENCE_FILE: self.reference} if self.reference_mode == "precomputed" else None
+            checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            ensure_room(path, self.checkpoint_bytes, spec.reserve_bytes)
             save_checkpoint(path, model, tokenizer, optimizer, scheduler, state, metrics, extra)
+            self.checkpoint_bytes = dir_bytes(path)  # what the next one will need, about
             current = [c for c in list_checkpoints(checkpoints_dir) if c[0] <= state.step]
             best = best_step(current) == state.step
             payload = {"step": state.step, "path": str(path), "metrics": metrics, "best": best}
@@ -789,11 +794,12 @@ def _save_atomically(final: Path, model: Any, tokenizer: Any) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with written_whole(tmp, final):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     return final
 
 
