@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -16,13 +15,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tunehouse.api.app import RUN_SCHEDULER_ENV, open_context
 from tunehouse.api.metrics import MULTIPROC_ENV
 from tunehouse.config import Settings, load_settings
 from tunehouse.core import accounts
+from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
+from tunehouse.logs import configure_logging
+from tunehouse.store.models import Credential
 
 app = typer.Typer(
     help="Tunehouse: self-hosted LLM fine-tuning with cloud-compatible APIs.", no_args_is_help=True
@@ -61,7 +64,7 @@ def serve(
     """Run the API server, with the scheduler and the local executor in the same process unless told not."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     if workers > 1 and not no_scheduler:
         # Each API process would run a scheduler under one lease owner and follow the others' runs.
         err_console.print(
@@ -111,7 +114,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_level="info",
+            log_config=None,  # our JSON logging (tunehouse.logs), set up again in each worker process
         )
     finally:
         if own_metrics_dir is not None:
@@ -132,7 +135,7 @@ def worker() -> None:
     from tunehouse.executors.local import LocalExecutor
     from tunehouse.scheduler.scheduler import Scheduler
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     settings = _settings()
     ctx = open_context(settings)
     scheduler = Scheduler(ctx.db, settings, LocalExecutor())
@@ -175,6 +178,59 @@ def keys_create(
     for k, v in payload.items():
         table.add_row(k, v)
     console.print(table)
+
+
+def _credential_row(cred: Credential, account: str) -> dict[str, object]:
+    return {
+        "id": cred.id,
+        "account": account,
+        "kind": cred.kind,
+        # The access key is an identifier; an API key is stored only as a hash, so its label stands in.
+        "key": cred.lookup if cred.kind == "aksk" else cred.label,
+        "created_at": cred.created_at.isoformat(),
+        "revoked_at": cred.revoked_at.isoformat() if cred.revoked_at else None,
+    }
+
+
+@keys_app.command("list")
+def keys_list(
+    account: Annotated[str | None, typer.Option(help="Only this account's credentials.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List credentials (never their secrets), revoked ones included."""
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        rows = [_credential_row(c, name) for c, name in accounts.credentials_with_accounts(s, account)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("id", "account", "kind", "key", "created", "revoked")
+    for r in rows:
+        table.add_row(
+            *(str(r[k] or "") for k in ("id", "account", "kind", "key", "created_at", "revoked_at"))
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Credential id (from `keys list`), access key, or API key.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Revoke a credential: requests signed or sent with it are refused from now on."""
+    ctx = open_context(_settings())
+    try:
+        with ctx.db.session() as s:
+            cred = accounts.find_credential(s, key)
+            accounts.revoke_credential(s, cred)
+            row = _credential_row(cred, accounts.get_account(s, cred.account_id).name)
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(row))
+        return
+    console.print(f"revoked {row['kind']} {row['key']} of {row['account']}")
 
 
 @accounts_app.command("limit")
@@ -234,13 +290,65 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 def models_add(
     name: Annotated[str, typer.Argument(help="Name clients will use, e.g. Qwen2.5-0.5B-Instruct.")],
     path: Annotated[Path, typer.Argument(help="Local Hugging Face model directory.")],
+    chat_template_fallback: Annotated[
+        str,
+        typer.Option(
+            help="If the model has no chat template: 'chatml' renders conversations as ChatML (with a "
+            "warning in each run's log), 'refuse' makes chat data a data error."
+        ),
+    ] = "chatml",
 ) -> None:
     """Register a local Hugging Face model directory as a base model."""
     ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
-            row = add_base_model(s, name, path)
+            row = add_base_model(s, name, path, chat_template_fallback)
             console.print(f"registered {row.name} → {row.path}")
     except DomainError as e:
         err_console.print(f"[red]error:[/red] {e.message}")
         raise typer.Exit(2) from None
+
+
+@models_app.command("check")
+def models_check(
+    name: Annotated[str, typer.Argument(help="A registered model's name.")],
+    conversation: Annotated[
+        Path | None,
+        typer.Option(help="A JSONL file whose first line is a chat `messages` row (default: an example)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Render a conversation through NAME's chat template and show which tokens a run would train."""
+    from tunehouse.trainer.data import DataError
+    from tunehouse.trainer.preview import EXAMPLE_CONVERSATION, conversation_from_file, preview
+
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        matches = [(m, acc) for m, acc in all_models(s) if m.name == name]
+    if not matches:
+        err_console.print(f"[red]error:[/red] no model named {name!r}; see `tunehouse models list`")
+        raise typer.Exit(2)
+    model = matches[0][0]
+    if model.name == TINY_MODEL and model.account_id is None:
+        from tunehouse.trainer.tiny import ensure_tiny_model
+
+        ensure_tiny_model(ctx.settings.home)
+    try:
+        turns = conversation_from_file(conversation) if conversation else EXAMPLE_CONVERSATION
+        out = preview(Path(model.path), turns, model.chat_template_fallback)
+    except DataError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"model": name, "segments": out["segments"]}))
+        return
+    if out["warning"]:
+        err_console.print(f"[yellow]warning:[/yellow] {out['warning']}")
+    text = Text()
+    for seg in out["segments"]:
+        text.append(seg["text"], style="bold black on green" if seg["trained"] else "dim")
+    console.print(text, soft_wrap=True, highlight=False)
+    console.print(
+        f"\n{out['trained_tokens']} of {out['tokens']} tokens trained "
+        "([bold black on green]highlighted[/bold black on green]); the rest is context."
+    )

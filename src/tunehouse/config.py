@@ -17,6 +17,9 @@ class Settings:
     public_url: str
     # Each running trainer gets one of these; empty means no pinning (a CPU machine, or opted out).
     gpus: tuple[str, ...] = ()
+    # A trainer that vanishes (killed, node lost) is resumed from its last checkpoint; the run fails when
+    # it has been lost this many times.
+    max_trainer_losses: int = 3
 
     @property
     def capacity(self) -> int:
@@ -52,4 +55,5 @@ def load_settings() -> Settings:
         max_running=int(os.environ.get("TUNEHOUSE_MAX_RUNNING", default_running)),
         public_url=os.environ.get("TUNEHOUSE_PUBLIC_URL", ""),
         gpus=gpus,
+        max_trainer_losses=int(os.environ.get("TUNEHOUSE_MAX_TRAINER_LOSSES", 3)),
     )

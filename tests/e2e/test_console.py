@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import LiveServer
 from tests.e2e.conftest import BAD_ROWS_TEXT, CHAT_ROWS, ConsoleClient, jsonl, sign_in
+from tests.families import SYSTEM_THREE_TURNS
 
 GOOD = jsonl(CHAT_ROWS)
 # Long enough to watch (hundreds of steps at batch 1); it is stopped well before the end.
@@ -229,6 +233,68 @@ def test_the_new_run_form_blocks_a_bad_upload_before_submission(
     expect(page.get_by_text("No runs yet.")).to_be_visible()
 
 
+def test_ticking_a_chat_file_previews_what_the_run_trains_on(
+    server: LiveServer, new_page: Callable[[], Any], alice: dict, shots: Callable[[Any, str], Path]
+) -> None:
+    client = ConsoleClient(server.url, alice["api_key"])
+    rows = [{"messages": SYSTEM_THREE_TURNS}, *CHAT_ROWS[:3]]
+    r = client.post("/console/files", {}, files={"file": ("support-chats.jsonl", jsonl(rows).encode())})
+    assert r.status_code == 303, r.text
+    job = client.create_job("preview-check")
+    page = new_page()
+    sign_in(page, alice["api_key"])
+    page.goto(f"/console/jobs/{job}/runs/new")
+    expect(page.locator("#data-preview")).to_be_hidden()
+    page.get_by_role("checkbox", name=re.compile(r"^support-chats\.jsonl")).check()
+    replies = [m["content"] for m in SYSTEM_THREE_TURNS if m["role"] == "assistant"]
+    expect(page.locator("#preview-rendering mark.trained")).to_have_text(
+        [f"{r}<|im_end|>" for r in replies], timeout=60_000
+    )
+    expect(page.locator("#preview-rendering")).to_contain_text(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>"
+    )
+    expect(page.locator("#preview-count")).to_have_text(re.compile(r"^\d+ of \d+ tokens trained$"))
+    expect(page.locator("#data-preview")).to_contain_text("highlighted = trained")
+    shots(page, "new-run-preview")
+
+    # A file chosen for upload is previewed from its first line, before it is sent.
+    choose_file(page, "Or upload JSONL files", "fresh.jsonl", GOOD)
+    expect(page.locator("#preview-rendering mark.trained")).to_have_text(["0.<|im_end|>"], timeout=60_000)
+    expect(page.locator("#data-preview")).to_contain_text("fresh.jsonl")
+    bad_first_line = jsonl([{"messages": [{"role": "wizard", "content": "x"}]}])
+    choose_file(page, "Or upload JSONL files", "odd.jsonl", bad_first_line)
+    expect(page.locator("#data-preview div.error")).to_contain_text("line 1", timeout=60_000)
+
+
+def test_a_preview_of_another_accounts_file_is_not_found(server: LiveServer, alice: dict, bob: dict) -> None:
+    up = httpx.post(
+        server.url + "/v1/files",
+        headers={"Authorization": f"Bearer {alice['api_key']}"},
+        files={"file": ("mine.jsonl", GOOD.encode())},
+        data={"purpose": "fine-tune"},
+    )
+    assert up.status_code == 200, up.text
+    r = ConsoleClient(server.url, bob["api_key"]).post(
+        "/console/preview", {"model": "tunehouse-tiny", "file": up.json()["id"]}
+    )
+    assert r.status_code == 404 and "No such file" in r.json()["error"]
+
+
+def test_a_fine_tuned_model_is_previewed_with_its_own_tokenizer(
+    server: LiveServer, alice: dict, finished_run: dict[str, str]
+) -> None:
+    r = ConsoleClient(server.url, alice["api_key"]).post(
+        "/console/preview",
+        {
+            "model": f"tunehouse-tiny-ft-{finished_run['run']}",
+            "line": json.dumps({"messages": SYSTEM_THREE_TURNS}),
+        },
+    )
+    assert r.status_code == 200, r.text
+    trained = [s["text"] for s in r.json()["segments"] if s["trained"]]
+    assert trained == [f"{m['content']}<|im_end|>" for m in SYSTEM_THREE_TURNS if m["role"] == "assistant"]
+
+
 def test_an_out_of_range_hyperparameter_is_reported_by_the_server(
     new_page: Callable[[], Any], alice: dict
 ) -> None:
@@ -415,3 +481,23 @@ def test_api_keys_are_created_once_visible_and_revoking_ends_their_sessions(
     expect(other).to_have_url(re.compile(r"/console/login"))
     with pytest.raises(AssertionError):
         ConsoleClient(server.url, new_key)  # a revoked key no longer signs in
+
+
+# ---- last: registers a base model every later page would list -------------------------------------
+
+
+def test_a_preview_on_a_model_registered_to_refuse_a_default_template_says_so(
+    server: LiveServer, alice: dict, tiny_model: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "tiny-base"
+    shutil.copytree(tiny_model, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    server.cli("models", "add", "tiny-base", str(base), "--chat-template-fallback", "refuse")
+    r = ConsoleClient(server.url, alice["api_key"]).post(
+        "/console/preview", {"model": "tiny-base", "line": GOOD.splitlines()[0]}
+    )
+    assert r.status_code == 400
+    assert "no chat template" in r.json()["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,57 @@ def test_metrics_report_runs_by_state_and_executor(server: LiveServer) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'tunehouse_runs{executor="none",state="queued"}' in text
     assert 'tunehouse_runs{executor="local",state="succeeded"}' in text
+
+
+def test_keys_list_shows_credentials_without_secrets_and_revoke_refuses_them_from_then_on(
+    server: LiveServer, qianfan: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openai import AuthenticationError, OpenAI
+    from qianfan import config as qianfan_config
+    from qianfan.errors import RequestError
+
+    keys = server.keys("erin")
+    listed = json.loads(server.cli("keys", "list", "--account", "erin", "--json"))
+    assert {(r["kind"], r["revoked_at"]) for r in listed} == {("aksk", None), ("api_key", None)}
+    assert keys["access_key"] in {r["key"] for r in listed}
+    shown = server.cli("keys", "list", "--json")
+    assert keys["secret_key"] not in shown and keys["api_key"] not in shown
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=keys["api_key"], max_retries=0)
+    client.files.list()
+    revoked = json.loads(server.cli("keys", "revoke", keys["api_key"], "--json"))
+    assert revoked["kind"] == "api_key" and revoked["revoked_at"] is not None
+    # The server remembers a verified key for TUNEHOUSE_CREDENTIAL_CACHE_S (5 s); the CLI is another process.
+    refused_within(lambda: client.files.list(), AuthenticationError)
+
+    monkeypatch.setenv("QIANFAN_ACCESS_KEY", keys["access_key"])
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", keys["secret_key"])
+    monkeypatch.setattr(qianfan_config, "_GLOBAL_CONFIG", None)
+    qianfan.V2.job_list()
+    server.cli("keys", "revoke", keys["access_key"])
+    refused_within(lambda: qianfan.V2.job_list(), RequestError)
+    after = json.loads(server.cli("keys", "list", "--account", "erin", "--json"))
+    assert all(r["revoked_at"] is not None for r in after)
+
+
+def refused_within(call: Any, error: type[Exception], seconds: float = 60) -> None:
+    """Calls until the server refuses with ``error``; fails if it still accepts after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            call()
+        except error:
+            return
+        assert time.monotonic() < deadline, "a revoked key was still accepted"
+        time.sleep(0.2)
+
+
+def test_revoking_an_unknown_key_is_an_error_naming_it(server: LiveServer) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tunehouse", "keys", "revoke", "no-such-key"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "no-such-key" in out.stderr

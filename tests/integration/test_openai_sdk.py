@@ -444,6 +444,19 @@ def test_events_page_newest_first_and_tell_the_story(client: OpenAI, finished: F
     assert any("full_valid_loss" in e.data for e in metrics)  # type: ignore[operator]
 
 
+def test_metrics_events_always_carry_train_loss_with_validation_in_the_same_steps_event(
+    client: OpenAI, finished: FineTuningJob
+) -> None:
+    metrics = [
+        e.data for e in client.fine_tuning.jobs.list_events(finished.id, limit=100) if e.type == "metrics"
+    ]
+    assert metrics and all("train_loss" in d for d in metrics)  # type: ignore[operator]
+    steps = [d["step"] for d in metrics]  # type: ignore[index]
+    assert len(steps) == len(set(steps))  # one event per step: no separate validation event
+    validated = sorted(d["step"] for d in metrics if "full_valid_loss" in d)  # type: ignore[index, operator]
+    assert validated == [4, 8]  # the end of each epoch
+
+
 def test_checkpoints_list_one_per_epoch_with_metrics(client: OpenAI, finished: FineTuningJob) -> None:
     page = client.fine_tuning.jobs.checkpoints.list(finished.id, limit=1)
     assert page.has_more is True

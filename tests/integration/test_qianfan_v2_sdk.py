@@ -144,6 +144,8 @@ def test_stopping_a_long_task_ends_stopped_with_a_checkpoint(qianfan: Any, uploa
     assert stopped["runStatus"] == "Stopped"
     ckpts = list((server.home / "runs" / task_id.removeprefix("task-") / "checkpoints").iterdir())
     assert ckpts, "a stopped run keeps a checkpoint"
+    listed = [c["step"] for c in stopped["checkpointList"]]
+    assert listed and sorted(listed) == sorted(int(c.name.removeprefix("step-")) for c in ckpts)
     assert result(qianfan.V2.stop_task(task_id=task_id)) is False
 
 

@@ -1,4 +1,5 @@
-"""Crashes lose nothing: server crash mid-run, trainer crash, trainer lost while the server was down."""
+"""Crashes lose nothing: server crash mid-run, trainer killed under a live server, trainer lost while the
+server was down."""
 
 from __future__ import annotations
 
@@ -8,17 +9,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import LiveServer, kill_trainers, start_server
-from tests.integration.conftest import run_dir, start_long_task, task_status, trainer_process, wait_for
+from tests.integration.conftest import (
+    find_trainer,
+    run_dir,
+    start_long_task,
+    task_status,
+    trainer_process,
+    wait_for,
+)
+
+# Each wait ends on what it waits for; the deadline only bounds a hang, with room for a machine 4x slower
+# than a loaded 2-core CI box.
+DEADLINE_S = 900
+MAX_LOSSES = 2  # the run fails at its second lost trainer; the first is resumed
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def own_server(
     request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path, make_pg_database: Callable[[], str]
 ) -> Iterator[LiveServer]:
-    srv = start_server(tmp_path, request.param, tiny_model, make_pg_database)
+    srv = start_server(
+        tmp_path, request.param, tiny_model, make_pg_database, TUNEHOUSE_MAX_TRAINER_LOSSES=str(MAX_LOSSES)
+    )
     yield srv
     srv.stop()
     kill_trainers(srv.home)
@@ -49,15 +65,18 @@ def checkpoint_written(server: LiveServer, task_id: str) -> bool:
 
 def terminal(sdk: Any, task_id: str) -> dict[str, Any]:
     return dict(
-        wait_for(lambda: (d := task_status(sdk, task_id))["runStatus"] in {"Done", "Stopped", "Failed"} and d)
+        wait_for(
+            lambda: (d := task_status(sdk, task_id))["runStatus"] in {"Done", "Stopped", "Failed"} and d,
+            timeout=DEADLINE_S,
+        )
     )
 
 
 def test_a_server_crash_mid_run_reattaches_and_the_run_finishes(
     own_server: LiveServer, sdk: Any, carol: dict[str, str]
 ) -> None:
-    task_id = start_long_task(sdk, own_server, carol["api_key"], epochs=6)
-    wait_for(lambda: checkpoint_written(own_server, task_id))
+    task_id = start_long_task(sdk, own_server, carol["api_key"], epochs=2)
+    wait_for(lambda: checkpoint_written(own_server, task_id), timeout=DEADLINE_S)
     trainer = trainer_process(own_server, task_id)
     own_server.crash()
     assert trainer.is_running(), "the trainer outlives the server"
@@ -69,26 +88,56 @@ def test_a_server_crash_mid_run_reattaches_and_the_run_finishes(
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-def test_a_killed_trainer_ends_the_task_failed_with_the_reason(
+def trainer_log(server: LiveServer, task_id: str) -> str:
+    events = run_dir(server, task_id) / "events.jsonl"
+    return events.read_text() if events.exists() else ""
+
+
+def server_events(server: LiveServer, api_key: str, task_id: str) -> list[str]:
+    """The run's own record (server and trainer events), read through the OpenAI dialect."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=api_key)
+    job = "ftjob-" + task_id.removeprefix("task-")
+    return [e.message for e in client.fine_tuning.jobs.list_events(job, limit=100).data]
+
+
+def kill_when_training(server: LiveServer, sdk: Any, task_id: str, resumes: int) -> None:
+    """SIGKILL the trainer once it has checkpointed and (after `resumes` resumptions) trains again."""
+    wait_for(
+        lambda: (
+            task_status(sdk, task_id)["runStatus"] == "Running"
+            and checkpoint_written(server, task_id)
+            and trainer_log(server, task_id).count("resumed from") == resumes
+            and find_trainer(server, task_id) is not None
+        ),
+        timeout=DEADLINE_S,
+    )
+    trainer = trainer_process(server, task_id)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait(30)
+
+
+def test_a_killed_trainer_resumes_from_its_checkpoint_and_fails_with_the_reason_at_the_bound(
     own_server: LiveServer, sdk: Any, carol: dict[str, str]
 ) -> None:
     task_id = start_long_task(sdk, own_server, carol["api_key"])
-    wait_for(
-        lambda: (
-            task_status(sdk, task_id)["runStatus"] == "Running" and checkpoint_written(own_server, task_id)
-        )
-    )
-    trainer_process(own_server, task_id).send_signal(signal.SIGKILL)
+    kill_when_training(own_server, sdk, task_id, resumes=0)
+    kill_when_training(own_server, sdk, task_id, resumes=1)  # the first loss was resumed: kill it again
     failed = terminal(sdk, task_id)
     assert failed["runStatus"] == "Failed"
-    assert "exited with code -9" in failed["errorMessage"]
+    assert failed["errorMessage"] == (
+        f"the trainer process was lost {MAX_LOSSES} times (last: exited with code -9); giving up"
+    )
+    record = server_events(own_server, carol["api_key"], task_id)
+    requeued = [m for m in record if "requeued to resume from checkpoint step" in m]
+    assert len(requeued) == MAX_LOSSES - 1 and requeued[0].endswith(f"(loss 1 of {MAX_LOSSES})")
+    assert "trainer process exited with code -9" in requeued[0]
 
 
 def test_a_trainer_lost_while_the_server_was_down_resumes_from_its_checkpoint(
     own_server: LiveServer, sdk: Any, carol: dict[str, str]
 ) -> None:
-    task_id = start_long_task(sdk, own_server, carol["api_key"], epochs=4)
-    wait_for(lambda: checkpoint_written(own_server, task_id))
+    task_id = start_long_task(sdk, own_server, carol["api_key"], epochs=2)
+    wait_for(lambda: checkpoint_written(own_server, task_id), timeout=DEADLINE_S)
     trainer = trainer_process(own_server, task_id)
     own_server.crash()
     trainer.kill()

@@ -6,19 +6,29 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
 from tunehouse.api.bce_auth import AuthFailure
 from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.context import AppContext
+from tunehouse.api.dialects import dialect_error, dialect_of
+from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
+from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, build_registry
+from tunehouse.api.openapi import build_openapi
+from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.config import Settings, load_settings
+from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
 from tunehouse.executors.local import LocalExecutor
@@ -61,15 +71,26 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
                 scheduler.shutdown()
             ctx.db.dispose()
 
+    limits = load_limits()
     app = FastAPI(title="Tunehouse", version="0.1.0", lifespan=lifespan)
     app.state.ready = False
-    app.add_middleware(RequestMetrics)
+    app.state.limits = limits
+    app.state.rate_limiter = limiter_for(limits)
+    app.add_middleware(EdgeMiddleware, limits=limits)
+    app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
     app.include_router(openai_files.router)
     app.include_router(openai_fine_tuning.router)
     app.include_router(dashscope.router)
     app.include_router(console.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(AuthFailure)
     async def _bce_failure(request: Request, exc: AuthFailure) -> JSONResponse:
@@ -79,6 +100,36 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     @app.exception_handler(BearerFailure)
     async def _bearer_failure(request: Request, exc: BearerFailure) -> JSONResponse:
         return openai_error(401, exc.message, code="invalid_api_key")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, exc: StarletteHTTPException) -> Response:
+        # No route of the dialect answered: unknown path or method, in the dialect's own envelope.
+        dialect = dialect_of(request.url.path)
+        if exc.status_code == 404:
+            return dialect_error(dialect, "not_found", f"Unknown route: {echo(request.url.path)}")
+        if exc.status_code == 405:
+            resp = dialect_error(dialect, "method", f"{echo(request.method)} is not allowed on this path.")
+            if exc.headers and "allow" in {k.lower() for k in exc.headers}:
+                resp.headers.update(exc.headers)
+            return resp
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header"))
+        return dialect_error(
+            dialect_of(request.url.path), "invalid", f"{echo(where)}: {err.get('msg', 'invalid value')}"
+        )
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> Response:
+        return dialect_error(dialect_of(request.url.path), "rate_limited", exc.message, headers=exc.headers)
+
+    @app.exception_handler(InvalidParameter)
+    async def _invalid_parameter(request: Request, exc: InvalidParameter) -> Response:
+        # Raised before a dialect's own handling, e.g. by the JSON body reader.
+        return dialect_error(dialect_of(request.url.path), "invalid", f"{exc.field}: {exc.message}")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -96,4 +147,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
 def app_from_env() -> FastAPI:
     """The app as `tunehouse serve` hands it to uvicorn, which may start it in several worker processes."""
+    from tunehouse.logs import configure_logging
+
+    configure_logging()  # a worker process uvicorn spawned starts with no logging set up
     return create_app(load_settings(), run_scheduler=os.environ.get(RUN_SCHEDULER_ENV, "1") != "0")

@@ -76,6 +76,14 @@ def verify(
         lifetime = int(expiration)
     except ValueError:
         raise _denied("the Authorization timestamp or expiration is malformed") from None
+    # The spec's table: a missing or malformed x-bce-date is a 401 like a malformed Authorization.
+    date = headers.get("x-bce-date", "").strip()
+    if not date:
+        raise _denied("the x-bce-date header is missing")
+    try:
+        datetime.strptime(date, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise _denied("the x-bce-date header is not YYYY-MM-DDTHH:MM:SSZ") from None
     signed = [h.strip().lower() for h in signed_list.split(";") if h.strip()]
     if "host" not in signed:
         raise _denied("the host header must be signed")

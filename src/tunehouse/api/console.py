@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
 from starlette.datastructures import UploadFile
@@ -30,18 +41,20 @@ from tunehouse.api.console_auth import (
     sign_in,
 )
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.catalog import METHODS, TRAIN_MODES
+from tunehouse.core.catalog import METHODS, TINY_MODEL, TRAIN_MODES
 from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode
+from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC_DIR = (HERE / "console_static").resolve()
@@ -122,6 +135,19 @@ def page(request: Request, session: ConsoleSession, name: str, status: int = 200
 
 def redirect(url: str, session: ConsoleSession | None = None, request: Request | None = None) -> Response:
     return _secure(RedirectResponse(url, status_code=303), session, request)
+
+
+def error_page(status: int, message: str) -> Response:
+    """The console's answer to a request no page handled (unknown path, bad query, over-limit body)."""
+    titles = {400: "Bad request", 404: "Not found", 405: "Not allowed", 413: "Too large", 429: "Slow down"}
+    html = templates.get_template("error.html").render(
+        session=ConsoleSession(csrf=""),
+        notice=None,
+        path="",
+        title=titles.get(status, "Error"),
+        message=message,
+    )
+    return _secure(HTMLResponse(html, status_code=status))
 
 
 def not_found(request: Request, session: ConsoleSession, what: str) -> Response:
@@ -210,7 +236,7 @@ def _like(term: str) -> str:
 def jobs_page(
     request: Request,
     q: str = "",
-    page_no: int = Query(1, alias="page"),
+    page_no: int = Query(1, alias="page", ge=1, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
@@ -371,9 +397,13 @@ def new_run_page(
     return page(request, session, "run_new.html", title="New run", errors={}, upload_reports=[], **context)
 
 
-def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
-    """The validator's verdict on an upload, line by line, without storing anything."""
-    report = file_svc.validate_bytes(data, max_errors=50)
+def _validate_upload(filename: str, part: UploadFile) -> dict[str, Any]:
+    """The validator's verdict on an upload, line by line, read from its spooled copy; nothing is stored."""
+    part.file.seek(0)
+    with tempfile.NamedTemporaryFile(suffix=".check") as tmp:
+        shutil.copyfileobj(part.file, tmp, file_svc.CHUNK)
+        tmp.flush()
+        report = validate_dataset(Path(tmp.name), max_errors=50)
     modes = [mode for mode in TRAIN_MODES if report.format in formats_for_train_mode(mode)]
     return {
         "filename": filename,
@@ -386,35 +416,146 @@ def _validate_bytes(filename: str, data: bytes) -> dict[str, Any]:
     }
 
 
-async def _uploads(form: Any, field: str) -> list[tuple[str, bytes]]:
-    out = []
-    for item in form.getlist(field):
-        if isinstance(item, UploadFile) and item.filename:
-            out.append((item.filename, await item.read()))
-    return out
+def _uploads(form: Any, field: str) -> list[tuple[str, UploadFile]]:
+    return [(i.filename, i) for i in form.getlist(field) if isinstance(i, UploadFile) and i.filename]
 
 
 @router.post("/console/files/validate")
 async def validate_upload(request: Request, session: ConsoleSession = Depends(form_post)) -> Response:
     form = await request.form()
-    files = await _uploads(form, "file")
+    files = _uploads(form, "file")
     if not files:
         return _secure(JSONResponse({"error": "no file given"}, status_code=400))
-    reports = [await run_in_threadpool(_validate_bytes, name, data) for name, data in files]
+    reports = [await run_in_threadpool(_validate_upload, name, part) for name, part in files]
     return _secure(JSONResponse({"files": reports}))
 
 
-def _store_uploads(ctx: AppContext, account: int, uploads: list[tuple[str, bytes]]) -> tuple[list[str], list]:
+PREVIEW_FORMATS = {"chat", "prompt_response"}  # conversations; text and preference rows are not previewed
+PREVIEW_TIMEOUT_S = 60.0
+PREVIEW_LINE_MAX = 1 << 20
+PREVIEW_SLOTS = 2  # each preview is a process loading transformers; clicking through files forks no crowd
+
+
+class _PreviewError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _first_line(path: Path) -> bytes:
+    """A stored file's first non-blank line: the preview never reads (or validates) the whole file."""
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                return line[:PREVIEW_LINE_MAX]
+    return b""
+
+
+def _preview_source(ctx: AppContext, account: int, model_name: str, file_key: str) -> dict[str, Any]:
+    """The model directory holding the tokenizer, and the base model's fallback for a missing template."""
+    with ctx.db.session() as s:
+        try:
+            resolved = registry.resolve_model(s, account, model_name)
+        except InvalidParameter as e:
+            raise _PreviewError(400, e.message) from None
+        model_dir = resolved.init_from["path"] if resolved.init_from else resolved.base.path
+        source = {"model_dir": model_dir, "fallback": resolved.base.chat_template_fallback}
+        if resolved.base.name == TINY_MODEL and not resolved.init_from:
+            source["tiny"] = True
+        if file_key:
+            try:
+                f = file_svc.get_file(s, account, key=file_key)
+            except NotFound:
+                raise _PreviewError(404, f"No such file: {file_key}.") from None
+            source.update(format=f.format, path=f.path)
+    return source
+
+
+async def _run_preview(model_dir: str, fallback: str, line: bytes) -> tuple[int, dict[str, Any]]:
+    """``python -m tunehouse.trainer.preview`` in a child process: the server never loads transformers."""
+    with tempfile.TemporaryDirectory(prefix="tunehouse-preview-") as tmp:
+        conversation = Path(tmp) / "conversation.jsonl"
+        await run_in_threadpool(conversation.write_bytes, line.rstrip(b"\r\n") + b"\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tunehouse.trainer.preview", model_dir,
+            "--conversation", str(conversation), "--fallback", fallback,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), PREVIEW_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 504, {"error": f"The preview took longer than {PREVIEW_TIMEOUT_S:.0f} s."}
+    try:
+        result = json.loads(out.decode())
+    except ValueError:
+        log.warning("preview of %s failed (exit %s): %s", model_dir, proc.returncode, err.decode()[-2000:])
+        return 500, {"error": "The preview failed; the server log has the details."}
+    if "error" in result:  # the temporary file's name means nothing to the user
+        result["error"] = str(result["error"]).removeprefix(f"{conversation.name}: ")
+    return (200 if proc.returncode == 0 else 400), result
+
+
+@router.post("/console/preview")
+async def preview_conversation(
+    request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
+) -> Response:
+    """What a run would train on from a dataset's first conversation, for the new-run page: either a
+    stored file of the account (``file``: its key) or the first line of a file about to be uploaded."""
+    form = await request.form()
+    model = form.get("model")
+    file_key = form.get("file")
+    line = form.get("line")
+    if not isinstance(model, str) or not model:
+        return _secure(JSONResponse({"error": "no model given"}, status_code=400))
+    if not (isinstance(file_key, str) and file_key) and not (isinstance(line, str) and line.strip()):
+        return _secure(JSONResponse({"error": "give a file key or a line"}, status_code=400))
+    try:
+        source = await run_in_threadpool(
+            _preview_source, ctx, _account(session), model, file_key if isinstance(file_key, str) else ""
+        )
+    except _PreviewError as e:
+        return _secure(JSONResponse({"error": e.message}, status_code=e.status))
+    if "path" in source:
+        data = await run_in_threadpool(_first_line, Path(source["path"]))
+        fmt = source["format"]
+    else:
+        data = str(line).encode()[:PREVIEW_LINE_MAX]
+        fmt = (await run_in_threadpool(file_svc.validate_bytes, data, 1)).format
+    if fmt not in PREVIEW_FORMATS:
+        return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
+    if source.get("tiny"):
+        from tunehouse.trainer.tiny import ensure_tiny_model  # built on first use, as the scheduler does
+
+        await run_in_threadpool(ensure_tiny_model, ctx.settings.home)
+    if not await run_in_threadpool(Path(source["model_dir"]).is_dir):
+        missing = f"The model's directory is missing: {source['model_dir']}"
+        return _secure(JSONResponse({"error": missing}, status_code=400))
+    slots = getattr(request.app.state, "preview_slots", None)
+    if slots is None:  # one per app, made on the app's own event loop
+        slots = request.app.state.preview_slots = asyncio.Semaphore(PREVIEW_SLOTS)
+    async with slots:
+        status, result = await _run_preview(source["model_dir"], source["fallback"], data)
+    return _secure(JSONResponse(result, status_code=status))
+
+
+def _store_uploads(
+    ctx: AppContext, account: int, uploads: list[tuple[str, UploadFile]]
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Valid files are stored (each in its own transaction: a later failure keeps them for reuse)."""
     keys: list[str] = []
     reports: list[dict[str, Any]] = []
-    for name, data in uploads:
-        report = _validate_bytes(name, data)
+    for name, part in uploads:
+        report = _validate_upload(name, part)
         if not report["ok"]:
             reports.append(report)
             continue
+        part.file.seek(0)
         with ctx.db.session() as s:
-            keys.append(file_svc.upload_file(s, ctx.settings.files_dir, account, name, data, "fine-tune").key)
+            row = file_svc.upload_stream(s, ctx.settings.files_dir, account, name, part.file, "fine-tune")
+            keys.append(row.key)
     return keys, reports
 
 
@@ -439,8 +580,8 @@ async def create_run(
         "validation": [v for v in form.getlist("validation") if isinstance(v, str)],
         "hp": {k[3:]: v for k, v in text.items() if k.startswith("hp.")},
     }
-    uploads = await _uploads(form, "upload")
-    validation_uploads = await _uploads(form, "validation_upload")
+    uploads = _uploads(form, "upload")
+    validation_uploads = _uploads(form, "validation_upload")
 
     def work() -> Response:
         errors: dict[str, str] = {k: v for k, v in hp_errors.items()}
@@ -591,14 +732,14 @@ def _sse(event: str, data: Any, ident: int | None = None) -> str:
 async def run_stream(
     request: Request,
     run_key: str,
-    after: int = 0,
+    after: int = Query(0, ge=0, le=MAX_QUERY_INT),
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(signed_in),
 ) -> Response:
     """New events of the run as they are stored, and its headline numbers; ends once the run has ended."""
     account = _account(session)
     last_id = request.headers.get("last-event-id", "")
-    if last_id.isdigit():
+    if last_id.isdigit() and int(last_id) <= MAX_QUERY_INT:
         # A reconnecting EventSource resumes after the last event it received.
         after = max(after, int(last_id))
 
@@ -737,7 +878,7 @@ async def upload_files(
     request: Request, ctx: AppContext = Depends(get_ctx), session: ConsoleSession = Depends(form_post)
 ) -> Response:
     form = await request.form()
-    uploads = await _uploads(form, "file")
+    uploads = _uploads(form, "file")
     if not uploads:
         return _files_page(request, ctx, session, status=400, error="Choose a file to upload.")
     try:

@@ -22,17 +22,20 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api import dashscope_names as names
 from tunehouse.api.bearer_auth import bearer_hit
 from tunehouse.api.context import AppContext, get_ctx
-from tunehouse.api.envelopes import request_id
+from tunehouse.api.envelopes import ds_error, request_id
 from tunehouse.api.json_body import json_object
+from tunehouse.api.limits import MAX_QUERY_INT, echo
+from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import Conflict, InvalidInput, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import events_page
 from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
@@ -65,17 +68,6 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def ds_error(status: int, code: str, message: str) -> JSONResponse:
-    rid = request_id()
-    headers = {"X-Request-Id": rid}
-    # The 2.x client retries 409/429/5xx; a create that conflicted or failed must not be sent again.
-    if status in (409, 429) or status >= 500:
-        headers["x-should-retry"] = "false"
-    return JSONResponse(
-        {"request_id": rid, "code": code, "message": message}, status_code=status, headers=headers
-    )
-
-
 def _ok(key: str, payload: dict[str, Any]) -> JSONResponse:
     rid = request_id()
     return JSONResponse({"request_id": rid, key: payload}, headers={"X-Request-Id": rid})
@@ -105,13 +97,21 @@ class _DashScopeRoute(APIRoute):
                 where = ".".join(str(p) for p in err.get("loc", ()))
                 return ds_error(400, "InvalidParameter", f"{where}: {err.get('msg', 'invalid request')}")
             except InvalidParameter as e:
-                return ds_error(400, "InvalidParameter", f"{names.field_out(e.field)}: {e.message}")
+                field = e.field if isinstance(e, InvalidInput) else names.field_out(e.field)
+                return ds_error(400, "InvalidParameter", f"{field}: {e.message}")
             except NotFound as e:
                 return ds_error(404, "NotFound", f"Not found! {e.message}")
             except Conflict as e:
                 return ds_error(400, "UnsupportedOperation", e.message)
             except QuotaExceeded as e:
                 return ds_error(429, "Throttling", e.message)
+            except RateLimited as e:
+                # Unlike a full run quota, a request rate frees up in seconds: the SDK may retry after them.
+                response = ds_error(429, "Throttling", e.message)
+                response.headers.update({**e.headers, "x-should-retry": "true"})
+                return response
+            except ClientDisconnect:
+                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
                 log.exception("DashScope request failed")
                 return ds_error(500, "InternalError", "Internal server error!")
@@ -140,23 +140,23 @@ async def ds_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Cal
     if hit is None:
         raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
     account_id, account_name = hit.account_id, hit.account_name
+    count_request(request, account_id)
     workspace = request.headers.get("x-dashscope-workspace", "").strip() or None
     if workspace is not None and len(workspace) > 64:
         raise ApiError(400, "InvalidParameter", "X-DashScope-WorkSpace: at most 64 characters")
     return Caller(account_id, account_name, workspace)
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+def _int_param(request: Request, name: str, default: int, low: int, high: int = MAX_QUERY_INT) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, "InvalidParameter", f"{name} must be an integer, got {raw!r}") from None
-    if value < low or (high is not None and value > high):
-        bound = f"within [{low}, {high}]" if high is not None else f"at least {low}"
-        raise ApiError(400, "InvalidParameter", f"{name} must be {bound}, got {value}")
+        raise ApiError(400, "InvalidParameter", f"{name} must be an integer, got {echo(raw)!r}") from None
+    if value < low or value > high:
+        raise ApiError(400, "InvalidParameter", f"{name} must be within [{low}, {high}], got {echo(value)}")
     return value
 
 
@@ -227,6 +227,8 @@ async def upload_files(
 ) -> JSONResponse:
     try:
         form = await request.form()
+    except ClientDisconnect:
+        raise
     except Exception:
         raise ApiError(400, "InvalidParameter", "the body must be multipart/form-data") from None
     parts = [p for p in form.getlist("files") if isinstance(p, UploadFile)]
@@ -247,24 +249,24 @@ async def upload_files(
     failed: list[dict[str, str]] = []
     for i, part in enumerate(parts):
         name = part.filename or f"file-{i + 1}.jsonl"
-        data = await part.read()
-        if len(data) > MAX_FILE_BYTES:
+        if part.size is not None and part.size > MAX_FILE_BYTES:
             failed.append({"name": name, "code": "BadRequest.TooLarge", "message": "file exceeds 300MB"})
             continue
         description = descriptions[i] if i < len(descriptions) else ""
 
-        def store(name: str = name, data: bytes = data, description: str = description) -> str:
+        def store(name: str = name, part: UploadFile = part, description: str = description) -> str:
             # One transaction per file: a bad file does not take the good ones down with it.
             with ctx.db.session() as s:
-                row = file_svc.upload_file(
+                row = file_svc.upload_stream(
                     s,
                     ctx.settings.files_dir,
                     caller.account_id,
                     name,
-                    data,
+                    part.file,
                     purpose,
                     description=description,
                     workspace=caller.workspace,
+                    max_bytes=MAX_FILE_BYTES,
                 )
                 return names.FILE_PREFIX + row.key
 

@@ -10,10 +10,13 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api.bearer_auth import BearerFailure, bearer_hit
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.envelopes import openai_error, request_id
+from tunehouse.api.limits import echo
+from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,12 @@ class OpenAIRoute(APIRoute):
                     code="rate_limit_exceeded",
                     headers={"x-should-retry": "false"},
                 )
+            except RateLimited as e:
+                response = openai_error(
+                    429, e.message, type_="rate_limit_error", code="rate_limit_exceeded", headers=e.headers
+                )
+            except ClientDisconnect:
+                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
             except Exception:
                 log.exception("OpenAI-dialect request failed")
                 response = openai_error(500, "The server had an error while processing your request.")
@@ -95,6 +104,7 @@ async def openai_caller(request: Request, ctx: AppContext = Depends(get_ctx)) ->
     hit = await bearer_hit(ctx, token.strip())
     if hit is None:
         raise BearerFailure("Incorrect API key provided.")
+    count_request(request, hit.account_id)
     return Caller(hit.account_id, hit.account_name)
 
 
@@ -106,7 +116,7 @@ def limit_param(request: Request, default: int, maximum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise OpenAIError(400, f"limit must be an integer, got {raw!r}", param="limit") from None
+        raise OpenAIError(400, f"limit must be an integer, got {echo(raw)!r}", param="limit") from None
     if value < 1:
         raise OpenAIError(400, f"limit must be at least 1, got {value}", param="limit")
     return min(value, maximum)
@@ -123,4 +133,4 @@ def listing(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 
 def bad_cursor(after: str) -> OpenAIError:
-    return OpenAIError(400, f"Invalid 'after': no item {after!r} in this list.", param="after")
+    return OpenAIError(400, f"Invalid 'after': no item {echo(after)!r} in this list.", param="after")

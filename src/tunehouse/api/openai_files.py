@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
@@ -110,6 +111,8 @@ async def create_file(
 ) -> JSONResponse:
     try:
         form = await request.form()
+    except ClientDisconnect:
+        raise
     except Exception:
         raise OpenAIError(400, "The body must be multipart/form-data.") from None
     part = form.get("file")
@@ -125,8 +128,8 @@ async def create_file(
             param="purpose",
             code="invalid_value",
         )
-    data = await part.read()
-    if len(data) > file_svc.MAX_BYTES:
+    # The multipart parser spooled the part to disk; it is copied to storage a chunk at a time from there.
+    if part.size is not None and part.size > file_svc.MAX_BYTES:
         raise OpenAIError(413, f"The file is larger than {file_svc.MAX_BYTES} bytes.", param="file")
     # The rule is checked before storing, so a bad expiry does not leave a file behind.
     expires_after_s = _expiry(form)
@@ -134,12 +137,12 @@ async def create_file(
 
     def store() -> dict[str, Any]:
         with ctx.db.session() as s:
-            row = file_svc.upload_file(
+            row = file_svc.upload_stream(
                 s,
                 ctx.settings.files_dir,
                 caller.account_id,
                 name,
-                data,
+                part.file,
                 purpose,
                 expires_after_s=expires_after_s,
             )
@@ -213,6 +216,8 @@ def file_content(
     return Response(data, media_type=media)
 
 
-@router.api_route("/{file_id}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+@router.api_route(
+    "/{file_id}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False
+)
 def unknown_file_route(file_id: str, rest: str) -> Response:
     raise OpenAIError(404, f"Unknown route: /v1/files/{file_id}/{rest}")

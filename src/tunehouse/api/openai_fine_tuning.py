@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
 from tunehouse.api.openai_common import openai_caller as caller_dep
 from tunehouse.api.openai_files import lookup as lookup_file
@@ -565,9 +566,50 @@ def _cursor_number(after: str | None, prefix: str) -> int | None:
     if not after.startswith(prefix):
         raise bad_cursor(after)
     try:
-        return int(after[len(prefix) :])
+        value = int(after[len(prefix) :])
     except ValueError:
         raise bad_cursor(after) from None
+    if not 0 <= value <= MAX_QUERY_INT:
+        raise bad_cursor(after)
+    return value
+
+
+_NEIGHBOURS = 4  # metrics events looked at either side: an evaluation follows its step's training figures
+
+
+def _metrics_near(s: Session, run_id: int, seq: int, later: bool) -> list[dict[str, Any]]:
+    q = select(Event.payload).where(Event.run_id == run_id, Event.type == "metrics")
+    q = (
+        q.where(Event.seq > seq).order_by(Event.seq)
+        if later
+        else q.where(Event.seq < seq).order_by(Event.seq.desc())
+    )
+    return [dict(p) for p in s.scalars(q.limit(_NEIGHBOURS))]
+
+
+def _joined_metrics(s: Session, run_id: int, seq: int, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """A metrics event as OpenAI shows it: training figures always, the same step's validation joined in.
+
+    The trainer records an evaluation as its own event after the step's training figures. That event is
+    folded into the training event of its step (None: not shown apart), or, at a step that logged no
+    training figures, shown with the latest training figures before it."""
+    step = payload.get("step")
+    if "train_loss" in payload:
+        for later in _metrics_near(s, run_id, seq, later=True):
+            if later.get("step") != step:
+                break
+            if "eval_loss" in later and "train_loss" not in later:
+                return {**later, **payload}
+        return payload
+    if "eval_loss" not in payload:
+        return payload
+    for earlier in _metrics_near(s, run_id, seq, later=False):
+        if "train_loss" in earlier:
+            if earlier.get("step") == step:
+                return None
+            train = {k: v for k, v in earlier.items() if k.startswith("train_") or k == "learning_rate"}
+            return {**train, **payload}
+    return payload
 
 
 @router.get("/jobs/{job_id}/events")
@@ -589,8 +631,14 @@ def list_events(
                 int(e.payload.get("step", 0)), run.total_steps
             ):
                 continue
+            payload = dict(e.payload)
+            if e.type == "metrics":
+                joined = _joined_metrics(s, run.id, e.seq, payload)
+                if joined is None:
+                    continue  # shown within the same step's training event
+                payload = joined
             shown_event = names.render_event(
-                e.seq, e.type, dict(e.payload), names.job_id(run.key), run.total_steps, model_name
+                e.seq, e.type, payload, names.job_id(run.key), run.total_steps, model_name
             )
             if shown_event is None:
                 continue

@@ -7,6 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from tunehouse.api import bce_auth
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.edge import ORIGINAL_PATH
+from tunehouse.api.rate_limit import count_request
 from tunehouse.core import credential_cache
 
 
@@ -23,8 +25,16 @@ async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) 
     def find_secret(key: str) -> str | None:
         return hit.secret_key if hit is not None and key == ak else None
 
-    bce_auth.verify(
-        request.method, request.url.path, request.query_params.multi_items(), headers, find_secret
-    )
+    query = request.query_params.multi_items()
+    # Clients sign the path they sent (`//v2/finetuning` from a base URL with a trailing slash); the
+    # routers see it with duplicate slashes collapsed. Either form is the same request.
+    sent = str(request.scope.get(ORIGINAL_PATH) or request.url.path)
+    try:
+        bce_auth.verify(request.method, sent, query, headers, find_secret)
+    except bce_auth.AuthFailure as e:
+        if sent == request.url.path or e.code != "SignatureDoesNotMatch":
+            raise
+        bce_auth.verify(request.method, request.url.path, query, headers, find_secret)
     assert hit is not None  # verify() refuses an unknown access key
+    count_request(request, hit.account_id)
     return hit.account_id

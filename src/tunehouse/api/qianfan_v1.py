@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v1_error
 from tunehouse.api.json_body import json_object
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
     PEFT_IN,
@@ -56,7 +57,7 @@ def _int_id(v: Any) -> Any:
     return v
 
 
-IntId = Annotated[int, BeforeValidator(_int_id), Field(strict=True, ge=1)]
+IntId = Annotated[int, BeforeValidator(_int_id), Field(strict=True, ge=1, le=MAX_QUERY_INT)]
 
 
 class _Body(BaseModel):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v2_error, request_id
 from tunehouse.api.json_body import json_object
+from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.qianfan_auth import qianfan_account
 from tunehouse.api.qianfan_names import (
     HP_OUT,
@@ -63,7 +64,7 @@ class CreateJobBody(_Body):
 
 class PageBody(_Body):
     marker: StrictStr = ""
-    maxKeys: StrictInt = 10
+    maxKeys: StrictInt = Field(default=10, ge=1, le=MAX_QUERY_INT)
     pageReverse: StrictBool = False
 
 
@@ -94,7 +95,7 @@ class CreateTaskBody(_Body):
     hyperParameterConfig: dict[str, Any] = Field(default_factory=dict)
     datasetConfig: DatasetConfig
     incrementTaskId: StrictStr | None = None
-    incrementCheckpointStep: StrictInt | None = None
+    incrementCheckpointStep: StrictInt | None = Field(default=None, ge=0, le=MAX_QUERY_INT)
     modelConfig: dict[str, Any] | None = None
     resourceConfig: dict[str, Any] | None = None
     corpusConfig: dict[str, Any] | None = None
@@ -156,6 +157,8 @@ def render_task(s: Session, run: Run, public_url: str) -> dict[str, Any]:
         out["runProgress"] = f"{min(run.progress, 99)}%"
     if status == "Done":
         out["metrics"] = _metrics(run.metrics)
+    if status in ("Done", "Stopped"):
+        # A stopped run saved a checkpoint on the way out; it is as usable as a finished run's.
         out["checkpointList"] = [
             checkpoint_item(c.step, _with_perplexity(c.metrics)) for c in run_svc.checkpoints(s, run)
         ]

@@ -144,3 +144,26 @@ def revoke_credential(s: Session, cred: Credential) -> None:
 
         kind, lookup = cred.kind, cred.lookup
         event.listen(s, "after_commit", lambda _s: shared().revoke(kind, lookup), once=True)
+
+
+def credentials_with_accounts(s: Session, account: str | None = None) -> list[tuple[Credential, str]]:
+    """Every credential (revoked ones too) with its account's name, oldest first; one account's if named."""
+    q = select(Credential, Account.name).join(Account, Account.id == Credential.account_id)
+    if account is not None:
+        q = q.where(Account.name == account)
+    return [(c, name) for c, name in s.execute(q.order_by(Credential.id)).tuples()]
+
+
+def find_credential(s: Session, ref: str) -> Credential:
+    """A credential by its id, its access key, or the API key itself (only its hash is stored)."""
+    ref = ref.strip()
+    if ref.startswith(API_KEY_PREFIX):
+        cond = Credential.lookup == hash_api_key(ref)
+    elif ref.isdigit() and len(ref) < 16:
+        cond = Credential.id == int(ref)
+    else:
+        cond = (Credential.kind == "aksk") & (Credential.lookup == ref)
+    cred = s.scalar(select(Credential).where(cond))
+    if cred is None:
+        raise NotFound("credential", ref[:40])
+    return cred

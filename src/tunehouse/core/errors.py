@@ -17,6 +17,10 @@ class InvalidParameter(DomainError):
         self.field = field
 
 
+class InvalidInput(InvalidParameter):
+    """Input refused before a dialect read it (limits, NUL text); `field` is in the caller's terms already."""
+
+
 class NotFound(DomainError):
     def __init__(self, resource: str, ident: str | int) -> None:
         super().__init__(f"{resource} {ident} not found")

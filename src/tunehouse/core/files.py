@@ -9,7 +9,7 @@ import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
@@ -18,7 +18,7 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import new_key
 from tunehouse.store.models import File
-from tunehouse.trainer.data import DatasetReport, validate_dataset
+from tunehouse.trainer.data import validate_dataset
 
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
@@ -49,14 +49,7 @@ def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl
     return dest
 
 
-def validate_bytes(data: bytes, max_errors: int = 20, tmp_dir: Path | None = None) -> DatasetReport:
-    """The validator's line-by-line verdict on upload bytes, without storing them."""
-    if tmp_dir is not None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".check") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        return validate_dataset(Path(tmp.name), max_errors=max_errors)
+CHUNK = 1 << 20
 
 
 def upload_file(
@@ -70,30 +63,67 @@ def upload_file(
     workspace: str | None = None,
     expires_after_s: int | None = None,
 ) -> File:
+    return upload_stream(
+        s, files_dir, account_id, filename, io.BytesIO(data), purpose, description, workspace, expires_after_s
+    )
+
+
+def upload_stream(
+    s: Session,
+    files_dir: Path,
+    account_id: int,
+    filename: str,
+    source: BinaryIO,
+    purpose: str,
+    description: str = "",
+    workspace: str | None = None,
+    expires_after_s: int | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> File:
+    """Copies `source` to storage a chunk at a time (hashing as it goes), validates the stored copy line by
+    line, and records it; a rejected upload leaves nothing behind. Memory use does not grow with the file."""
     if purpose not in PURPOSES:
         raise InvalidParameter("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
-    if not data:
-        raise InvalidParameter("file", "the file is empty")
-    if len(data) > MAX_BYTES:
-        raise InvalidParameter("file", f"the file is larger than {MAX_BYTES} bytes")
-    # Validate before storing, so a rejected upload leaves nothing behind.
-    report = validate_bytes(data, tmp_dir=files_dir)
-    if report.errors or report.format is None:
-        problems = "; ".join(str(e) for e in report.errors) or "no training rows"
-        raise InvalidParameter("file", f"{filename}: {problems}")
-    digest = hashlib.sha256(data).hexdigest()
-    path = _store_blob(files_dir, data, digest)
+    files_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=files_dir, suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidParameter("file", f"the file is larger than {max_bytes} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if size == 0:
+            raise InvalidParameter("file", "the file is empty")
+        report = validate_dataset(tmp, max_errors=20)
+        if report.errors or report.format is None:
+            problems = "; ".join(str(e) for e in report.errors) or "no training rows"
+            raise InvalidParameter("file", f"{filename[:255]}: {problems}")
+        sha = digest.hexdigest()
+        dest = files_dir / f"{sha}.jsonl"
+        if dest.exists():
+            tmp.unlink()  # stored once by content: the same bytes are already there
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     now = utcnow()
     row = File(
         key=new_key(),
         account_id=account_id,
         filename=filename[:255],
         purpose=purpose,
-        bytes=len(data),
-        sha256=digest,
+        bytes=size,
+        sha256=sha,
         format=report.format,
         rows=report.rows,
-        path=str(path),
+        path=str(dest),
         description=description,
         workspace=workspace,
         created_at=now,

@@ -30,18 +30,28 @@ def register_builtin(s: Session, models_dir: Path) -> Model:
     return row
 
 
-def add_base_model(s: Session, name: str, path: Path) -> Model:
+CHAT_TEMPLATE_FALLBACKS = ("chatml", "refuse")
+
+
+def add_base_model(s: Session, name: str, path: Path, chat_template_fallback: str = "chatml") -> Model:
+    """Register (or re-point) a base model. ``chat_template_fallback`` says what a model without a chat
+    template does with conversations: render them as ChatML (with a warning in the run's log) or refuse."""
     path = path.expanduser().resolve()
     if not (path / "config.json").is_file():
         raise InvalidParameter("path", f"{path} is not a Hugging Face model directory (no config.json)")
     if name == TINY_MODEL:
         raise InvalidParameter("name", f"{TINY_MODEL} is built in")
+    if chat_template_fallback not in CHAT_TEMPLATE_FALLBACKS:
+        raise InvalidParameter(
+            "chat_template_fallback", f"must be one of {', '.join(CHAT_TEMPLATE_FALLBACKS)}"
+        )
     row = s.scalar(select(Model).where(Model.account_id.is_(None), Model.name == name))
     if row is None:
         row = Model(account_id=None, name=name, path=str(path), kind="base", created_at=utcnow())
         s.add(row)
     else:
         row.path = str(path)
+    row.chat_template_fallback = chat_template_fallback
     s.flush()
     return row
 

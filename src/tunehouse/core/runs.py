@@ -15,6 +15,7 @@ from tunehouse.core.events import record_event
 from tunehouse.core.ids import new_key
 from tunehouse.core.registry import output_name_taken, resolve_model
 from tunehouse.core.states import TERMINAL, WANTS_TRAINER, RunState, check_move
+from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Account, Checkpoint, File, Job, Model, Run
 from tunehouse.trainer.data import formats_for_train_mode
 
@@ -79,7 +80,10 @@ def create_run(
     check_run_limit(s, job.account_id)
     # The job's model and mode are fixed by its first run when the job was created without them.
     job.base_model, job.train_mode = model, train_mode
-    version = (s.scalar(select(func.count()).select_from(Run).where(Run.job_id == job.id)) or 0) + 1
+    # Creates in one job take turns from here (after the account's lock: always account, job, run), so
+    # each counts the runs committed before it and versions stay unique.
+    lock_row(s, job)
+    version = (s.scalar(select(func.max(Run.version)).where(Run.job_id == job.id)) or 0) + 1
     run = Run(
         key=key,
         account_id=job.account_id,
@@ -111,8 +115,9 @@ def create_run(
 
 def check_run_limit(s: Session, account_id: int) -> None:
     """Refuse one more queued run when the account already has as many as its limit allows."""
-    # The row lock makes concurrent creates of one account take turns (PostgreSQL; SQLite has one writer).
-    account = s.get_one(Account, account_id, with_for_update=True)
+    # The row lock makes concurrent creates of one account take turns, so each counts the others' runs.
+    account = s.get_one(Account, account_id)
+    lock_row(s, account)
     limit = account.max_active_runs
     if limit is None:
         return
@@ -228,6 +233,7 @@ def move(s: Session, run: Run, target: RunState, error: str | None = None) -> No
 
 def request_stop(s: Session, run: Run) -> bool:
     """False when the run has already ended; otherwise it will end stopped (at once unless it is running)."""
+    lock_row(s, run)  # the scheduler may be claiming it right now: decide on the state it committed
     if run.state in TERMINAL:
         return False
     if run.state in (RunState.RUNNING, RunState.PAUSING, RunState.STOPPING):
@@ -242,6 +248,7 @@ def request_stop(s: Session, run: Run) -> bool:
 
 def request_pause(s: Session, run: Run) -> None:
     """A running run checkpoints and frees its slot; a queued one is held back. Idempotent."""
+    lock_row(s, run)
     if run.state in (RunState.PAUSING, RunState.PAUSED):
         return
     if run.state == RunState.RUNNING:
@@ -254,16 +261,23 @@ def request_pause(s: Session, run: Run) -> None:
 
 def resume(s: Session, run: Run) -> None:
     """Queue a paused run again; it continues exactly from its last checkpoint."""
-    if run.state != RunState.PAUSED:
-        raise Conflict(f"a {run.state} run cannot be resumed; only a paused one")
-    check_run_limit(s, run.account_id)
+    _check_resumable(run)
+    check_run_limit(s, run.account_id)  # account before run: the one lock order
+    lock_row(s, run)
+    _check_resumable(run)  # again, as committed now
     ckpts = checkpoints(s, run)
     if ckpts:
         run.resume_from = ckpts[-1].path
     move(s, run, RunState.QUEUED)
 
 
+def _check_resumable(run: Run) -> None:
+    if run.state != RunState.PAUSED:
+        raise Conflict(f"a {run.state} run cannot be resumed; only a paused one")
+
+
 def delete_run(s: Session, run: Run) -> None:
+    lock_row(s, run)
     if run.state not in TERMINAL:
         raise Conflict("the run has not ended; stop it first")
     run.deleted_at = utcnow()

@@ -29,6 +29,7 @@ from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.executors.base import Executor, Exit
 from tunehouse.executors.gpus import free_gpus
 from tunehouse.store.db import Database
+from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Checkpoint, File, Job, Run
 from tunehouse.trainer.events import tail_events
 from tunehouse.trainer.spec import EXIT_STOPPED
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
 STOP_GRACE_S = 30.0
-MAX_ATTEMPTS = 3
 
 
 def node_id() -> str:
@@ -83,7 +83,8 @@ class Scheduler:
         self._adopt()
         for run_id in self._my_active_runs():
             self._follow(run_id)
-        self._claim_and_launch()
+        for run_id in self.claim():
+            self.launch(run_id)
 
     # ---- ownership -------------------------------------------------------------------------------
     def _adopt(self) -> None:
@@ -110,11 +111,12 @@ class Scheduler:
     # ---- following a launched run ----------------------------------------------------------------
     def _follow(self, run_id: int) -> None:
         with self.db.session() as s:
-            run = s.get_one(Run, run_id, with_for_update=self.db.is_postgres)
+            run = s.get_one(Run, run_id)
+            lock_row(s, run)  # a stop or pause committed meanwhile is seen, never overwritten
             if run.state not in ACTIVE or run.lease_owner != self.owner:
                 return
             if not run.handle.get("pid"):
-                # Claimed but never launched (we crashed in between): launch is owed.
+                # Claimed but never launched (we crashed in between, or it was stopped first): no trainer.
                 exit_: Exit | None = Exit(None)
             else:
                 self._ingest(s, run)
@@ -146,39 +148,50 @@ class Scheduler:
                 run.handle = {**run.handle, "model": payload}
 
     def _deliver_stop(self, run: Run) -> None:
-        """Stop and pause reach the trainer the same way: checkpoint, then exit."""
+        """Stop and pause reach the trainer the same way: checkpoint, then exit.
+
+        The signal waits until the trainer has said anything: it reports only after installing its SIGTERM
+        handler, and a SIGTERM before that would kill it outright. One that never speaks is killed after
+        the grace period, counted from the request.
+        """
         if not (run.stop_requested or run.state == RunState.PAUSING):
             return
+        now = time.time()
+        asked = float(run.handle.get("stop_asked_at") or now)
         sent = run.handle.get("stop_sent_at")
-        if sent is None:
+        if sent is None and run.handle.get("trainer_state") is not None:
             self.executor.stop(run.handle)
-            run.handle = {**run.handle, "stop_sent_at": time.time()}
-        elif time.time() - float(sent) > STOP_GRACE_S:
+            run.handle = {**run.handle, "stop_asked_at": asked, "stop_sent_at": now}
+        elif now - float(sent or asked) > STOP_GRACE_S:
             self.executor.kill(run.handle)
+            run.handle = {**run.handle, "stop_asked_at": asked, "killed_at": now}
+        elif "stop_asked_at" not in run.handle:
+            run.handle = {**run.handle, "stop_asked_at": asked}
 
     def _settle(self, s: Any, run: Run, exit_: Exit) -> None:
         """The trainer is gone: decide the run's end from what it last said, or recover it."""
         said = run.handle.get("trainer_state")
+        code = exit_.code
+        # Gone without a word of its own: our signal, a kill from outside, or the process was lost.
+        unexplained = said not in ("succeeded", "stopped", "failed") and (code is None or code < 0)
         if said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
-        elif (
-            run.state == RunState.PAUSING
-            and not run.stop_requested
-            and (said == "stopped" or exit_.code == EXIT_STOPPED or exit_.code is None)
+        elif run.state == RunState.PAUSING and not run.stop_requested and (
+            said == "stopped" or code == EXIT_STOPPED or unexplained
         ):
+            # Even a trainer killed before its first checkpoint pauses: it resumes from the last one it had.
             self._hold(s, run)
-        elif said == "stopped" or (run.stop_requested and exit_.code is not None):
+        elif said == "stopped" or (run.stop_requested and (code is not None or unexplained)):
             run_svc.move(s, run, RunState.STOPPED)
         elif said == "failed":
             run_svc.move(s, run, RunState.FAILED, error=run.error or "the trainer reported a failure")
-        elif exit_.code is not None:
-            if exit_.code == EXIT_STOPPED:
-                run_svc.move(s, run, RunState.STOPPED)
-            else:
-                run_svc.move(s, run, RunState.FAILED, error=self._crash_reason(run, exit_.code))
+        elif code == EXIT_STOPPED:
+            run_svc.move(s, run, RunState.STOPPED)
+        elif unexplained:
+            self._recover(s, run, "lost" if code is None else f"exited with code {code}")
         else:
-            self._recover(s, run)
+            run_svc.move(s, run, RunState.FAILED, error=self._crash_reason(run, code or 0))
         if run.state != RunState.QUEUED:
             run.lease_owner = None
             run.lease_expires_at = None
@@ -191,24 +204,27 @@ class Scheduler:
         run.resume_from = last.path if last is not None else run.resume_from
         run_svc.move(s, run, RunState.PAUSED)
 
-    def _recover(self, s: Any, run: Run) -> None:
-        """The process vanished while nobody watched it: resume from its last checkpoint if we may."""
+    def _recover(self, s: Any, run: Run, how: str) -> None:
+        """The process vanished (killed, or died while nobody watched it): resume from its last checkpoint,
+        a bounded number of times."""
         if run.stop_requested:
             run_svc.move(s, run, RunState.STOPPED)
             return
         last = s.scalar(
             select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step.desc()).limit(1)
         )
-        if run.attempts >= MAX_ATTEMPTS:
-            run_svc.move(
-                s, run, RunState.FAILED, error=f"the trainer process was lost {run.attempts} times; giving up"
-            )
+        run.losses += 1
+        bound = self.settings.max_trainer_losses
+        if run.losses >= bound:
+            reason = f"the trainer process was lost {run.losses} times (last: {how}); giving up"
+            run_svc.move(s, run, RunState.FAILED, error=reason)
             return
         run.resume_from = last.path if last is not None else None
         run.handle = {}
         run_svc.move(s, run, RunState.QUEUED)
         resumed = f"from checkpoint step {last.step}" if last is not None else "from the start"
-        record_event(s, run, "log", {"message": f"trainer process lost; requeued to resume {resumed}"})
+        message = f"trainer process {how}; requeued to resume {resumed} (loss {run.losses} of {bound})"
+        record_event(s, run, "log", {"message": message})
 
     def _crash_reason(self, run: Run, code: int) -> str:
         tail = ""
@@ -235,7 +251,8 @@ class Scheduler:
         run.extra = {**run.extra, "result_files": [results.key]}
 
     # ---- claiming and launching ------------------------------------------------------------------
-    def _claim_and_launch(self) -> None:
+    def claim(self) -> list[int]:
+        """Queued runs this node has room for become running under our lease; launching them is next."""
         with self.db.session() as s:
             busy = self._my_active_handles(s)
             gpus = free_gpus(self.settings.gpus, (h.get("gpu") for h in busy))
@@ -243,7 +260,7 @@ class Scheduler:
             if self.settings.gpus:
                 free = min(free, len(gpus))
             if free <= 0:
-                return
+                return []
             q = (
                 select(Run.id)
                 .where(Run.state == RunState.QUEUED, Run.deleted_at.is_(None))
@@ -271,16 +288,17 @@ class Scheduler:
                 s.refresh(run)
                 run.attempts += 1
                 run_svc.move(s, run, RunState.RUNNING)
-        for rid in claimed:
-            self._launch(rid)
+        return claimed
 
     def _my_active_handles(self, s: Any) -> list[dict[str, Any]]:
         return list(s.scalars(select(Run.handle).where(self._mine())))
 
-    def _launch(self, run_id: int) -> None:
+    def launch(self, run_id: int) -> None:
         try:
             with self.db.session() as s:
                 run = s.get_one(Run, run_id)
+                if run.state != RunState.RUNNING:
+                    return  # paused or stopped since the claim: the next tick settles it, no trainer needed
                 spec, run_dir = self._spec(s, run)
                 gpu = run.handle.get("gpu")
             spec_path = _write_spec(run_dir, spec)
@@ -326,6 +344,7 @@ class Scheduler:
             "resume_from": run.resume_from,
             "init_from": {"path": init["path"], "kind": init["kind"]} if init else None,
             "cache_dir": str(self.settings.home / "cache" / "tokenized"),
+            "chat_template_fallback": base.chat_template_fallback,
             "hyperparameters": hp,
         }
         return spec, run_dir

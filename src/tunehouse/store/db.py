@@ -11,6 +11,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from tunehouse.store.text_guard import refuse_nul_text
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant: the PostgreSQL advisory lock under which processes starting together set up the schema.
 SETUP_LOCK = 7_201_101
@@ -59,6 +61,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        refuse_nul_text(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

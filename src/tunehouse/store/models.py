@@ -82,6 +82,9 @@ class Model(Base):
     base_model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     source_run_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # A base model without a chat template: "chatml" renders conversations as ChatML, "refuse" makes chat data
+    # a data error.
+    chat_template_fallback: Mapped[str] = mapped_column(String(16), default="chatml", server_default="chatml")
 
 
 class File(Base):
@@ -121,6 +124,7 @@ class Job(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("job_id", "version", name="uq_runs_job_id_version"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(16), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -139,7 +143,8 @@ class Run(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # trainer launches
+    losses: Mapped[int] = mapped_column(Integer, default=0)  # trainers that vanished without a word
     resume_from: Mapped[str | None] = mapped_column(Text, nullable=True)
     run_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     executor: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .data import DataError, check_files, formats_for_train_mode
 from .events import ErrorKind, EventWriter
-from .spec import EXIT_DATA_INVALID, EXIT_FAILED, RunSpec, StopFlag, load_spec
+from .spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, RunSpec, StopFlag, load_spec
 
 
 def _check_data(spec: RunSpec) -> list[str]:
@@ -69,6 +69,9 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     problems = _check_data(spec)
     if problems:
         return _fail(events, "invalid training data:\n" + "\n".join(problems), "data", EXIT_DATA_INVALID)
+    if stop.requested:  # stopped or paused during start-up: leave before paying for torch
+        events.status("stopped")
+        return EXIT_STOPPED
     # Imported only now so that a data-invalid run never pays for loading torch.
     from .loop import NonFiniteLoss, run_training
 

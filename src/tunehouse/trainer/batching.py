@@ -1,14 +1,18 @@
 """Turning examples into model inputs: dynamic padding or packing without cross-contamination.
 
 Packing puts several examples in one row, each with position ids starting again at 0, and passes
-no attention mask. transformers then derives a block-diagonal causal mask from the position ids
-(SDPA/eager) or runs varlen kernels (flash attention), so no token attends across an example
-boundary. A step sees the same examples packed or not; packing only changes the layout.
+no attention mask. How examples are then kept apart depends on the attention implementation
+(see attention.py): SDPA, eager and flex derive a block-diagonal causal mask from the position ids
+of any number of rows (``collate_packed``); flash attention takes no mask and separates examples by
+cumulative sequence lengths, which transformers only uses for a batch of one row, so it gets every
+example of the micro-batch in a single row with its ``cu_seq_lens`` (``collate_varlen``). A step
+sees the same examples packed or not; packing only changes the layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -23,6 +27,9 @@ class Batch:
     attention_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
     real_tokens: int = 0  # non-pad tokens
+    # Varlen layout only: example boundaries in the single row, and the longest example.
+    cu_seq_lens: torch.Tensor | None = None
+    max_length: int = 0
 
     @property
     def positions(self) -> int:
@@ -40,6 +47,15 @@ class Batch:
             inputs["attention_mask"] = self.attention_mask
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids
+        if self.cu_seq_lens is not None:
+            # transformers would derive the same boundaries from the position ids, at the cost of a
+            # device sync in every layer; passed explicitly, flash goes straight to its varlen kernel.
+            inputs.update(
+                cu_seq_lens_q=self.cu_seq_lens,
+                cu_seq_lens_k=self.cu_seq_lens,
+                max_length_q=self.max_length,
+                max_length_k=self.max_length,
+            )
         return inputs
 
 
@@ -110,18 +126,45 @@ def collate_packed(
     positions = torch.zeros((len(bins), width), dtype=torch.long)
     real = 0
     for row, members in enumerate(bins):
-        at = 0
-        for i in members:
-            e = examples[i]
-            n = len(e.input_ids)
-            ids[row, at : at + n] = torch.tensor(e.input_ids)
-            labels[row, at : at + n] = torch.tensor(e.labels)
-            # Unpacked, an example's first token is never a target; packed, it must not become the
-            # target of the previous example's last token either.
-            labels[row, at] = IGNORE_INDEX
-            positions[row, at : at + n] = torch.arange(n)
-            at += n
+        at = _fill_row(ids[row], labels[row], positions[row], [examples[i] for i in members])
         real += at
         # The padded tail is a sequence of its own (positions restart), so nothing real attends to it.
         positions[row, at:] = torch.arange(width - at)
     return Batch(ids.to(device), labels.to(device), position_ids=positions.to(device), real_tokens=real)
+
+
+def collate_varlen(examples: list[Example], device: torch.device | str = "cpu") -> Batch:
+    """Every example of the micro-batch in one row, for flash (varlen) attention: no padding at all,
+    position ids restarting per example, and the boundaries as ``cu_seq_lens``."""
+    lengths = [len(e.input_ids) for e in examples]
+    total = sum(lengths)
+    ids = torch.empty((1, total), dtype=torch.long)
+    labels = torch.empty((1, total), dtype=torch.long)
+    positions = torch.empty((1, total), dtype=torch.long)
+    _fill_row(ids[0], labels[0], positions[0], examples)
+    bounds = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32)
+    return Batch(
+        ids.to(device),
+        labels.to(device),
+        position_ids=positions.to(device),
+        real_tokens=total,
+        cu_seq_lens=bounds.to(device),
+        max_length=max(lengths),
+    )
+
+
+def _fill_row(
+    ids: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, examples: list[Example]
+) -> int:
+    """Lay ``examples`` end to end from the start of a row; returns the tokens placed."""
+    at = 0
+    for e in examples:
+        n = len(e.input_ids)
+        ids[at : at + n] = torch.tensor(e.input_ids)
+        labels[at : at + n] = torch.tensor(e.labels)
+        # Unpacked, an example's first token is never a target; packed, it must not become the
+        # target of the previous example's last token either.
+        labels[at] = IGNORE_INDEX
+        positions[at : at + n] = torch.arange(n)
+        at += n
+    return at

@@ -141,3 +141,27 @@ def rotate(root: Path, keep_last: int, upto: int | None = None) -> list[tuple[in
             shutil.rmtree(path, ignore_errors=True)
             deleted.append((step, path))
     return deleted
+
+
+class Checkpointer:
+    """A run's ``step-N`` checkpoints of one model under one folder: each written whole, the best by
+    eval_loss named, old ones rotated away (the last ``keep_last`` plus the best stay; 0 keeps all)."""
+
+    def __init__(
+        self, root: Path, keep_last: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any
+    ) -> None:
+        self.root = root
+        self.keep_last = keep_last
+        self.parts = (model, tokenizer, optimizer, scheduler)
+
+    def save(
+        self, state: TrainState, metrics: dict[str, float], extra: dict[str, Any] | None
+    ) -> tuple[Path, bool]:
+        """(its path, whether it is the best so far) of the checkpoint of ``state.step``."""
+        path = self.root / f"step-{state.step}"
+        save_checkpoint(path, *self.parts, state, metrics, extra)
+        current = [c for c in list_checkpoints(self.root) if c[0] <= state.step]
+        return path, best_step(current) == state.step
+
+    def rotate(self, upto: int) -> list[tuple[int, Path]]:
+        return rotate(self.root, self.keep_last, upto=upto)

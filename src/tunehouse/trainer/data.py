@@ -53,6 +53,7 @@ class Turn:
     role: str
     content: str
     weight: int = 1  # 0 = keep as context, no loss on this assistant turn
+    reasoning: str | None = None  # an assistant turn's reasoning_content (DeepSeek / Qwen3 style)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,14 @@ def _parse_messages(messages: Any, line: int, prefix: str = "messages") -> tuple
                 issues.append(DataIssue(line, f"{where}.weight", "must be 0 or 1"))
             else:
                 weight = int(raw)
+        reasoning = msg.get("reasoning_content")
+        if reasoning is not None:
+            if role != "assistant":
+                issues.append(
+                    DataIssue(line, f"{where}.reasoning_content", "only allowed on assistant turns")
+                )
+            else:
+                issues += _check_text(reasoning, f"{where}.reasoning_content", line, allow_empty=True)
         if role == "system":
             if i != 0:
                 issues.append(DataIssue(line, f"{where}.role", "system is only allowed as the first message"))
@@ -154,7 +163,8 @@ def _parse_messages(messages: Any, line: int, prefix: str = "messages") -> tuple
         else:
             expected = "assistant" if role == "user" else "user"
         if isinstance(msg.get("content"), str):
-            turns.append(Turn(role, msg["content"], weight))
+            thought = reasoning if isinstance(reasoning, str) else None
+            turns.append(Turn(role, msg["content"], weight, thought))
     return turns, issues
 
 
@@ -305,7 +315,7 @@ _PARSERS = {
 }
 
 
-def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
+def _scan(path: Path, max_errors: int, keep: bool = True) -> tuple[DatasetReport, list[Record]]:
     report = DatasetReport(format=None, rows=0)
     records: list[Record] = []
 
@@ -326,6 +336,9 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
             except json.JSONDecodeError as exc:
                 add([DataIssue(number, "json", f"invalid JSON ({exc.msg} at column {exc.colno})")])
                 continue
+            except RecursionError:
+                add([DataIssue(number, "json", "invalid JSON (nested too deeply)")])
+                continue
             if report.format is None:
                 report.format = detect_format(obj)
                 if report.format is None:
@@ -344,7 +357,7 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
                     continue
             record, issues = _PARSERS[report.format](obj, number)
             add(issues)
-            if record is not None:
+            if record is not None and keep:
                 records.append(record)
     except UnicodeDecodeError as exc:
         add([DataIssue(report.rows + 1, "file", f"not valid UTF-8 ({exc.reason})")])
@@ -354,8 +367,10 @@ def _scan(path: Path, max_errors: int) -> tuple[DatasetReport, list[Record]]:
 
 
 def validate_dataset(path: Path, max_errors: int = 20) -> DatasetReport:
-    """Check every line of a JSON-lines file; detect its format from the first non-blank line."""
-    return _scan(path, max_errors)[0]
+    """Check every line of a JSON-lines file; detect its format from the first non-blank line.
+
+    Reads line by line and keeps no records, so memory stays flat whatever the file's size."""
+    return _scan(path, max_errors, keep=False)[0]
 
 
 def load_records(path: Path, allowed_formats: set[str] | None = None) -> tuple[DataFormat, list[Record]]:

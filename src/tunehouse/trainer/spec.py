@@ -82,6 +82,8 @@ class RunSpec(BaseModel):
     resume_from: Path | None = None
     init_from: InitFrom | None = None
     cache_dir: Path | None = None  # shared tokenization cache; None = tokenize without caching
+    # A model without a chat template: render conversations as ChatML (with a warning) or refuse chat data.
+    chat_template_fallback: Literal["chatml", "refuse"] = "chatml"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     @property

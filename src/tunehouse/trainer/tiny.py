@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -138,5 +140,21 @@ def build_tiny_model(dest: Path) -> Path:
     return dest
 
 
-def ensure_tiny_model(home: Path) -> Path:
-    return build_tiny_model(Path(home) / "models" / TINY_MODEL_NAME)
+def ensure_tiny_model(home: Path, timeout_s: float = 600) -> Path:
+    """The tiny model under `home`, built first if missing, in a child process: building it needs torch and
+    transformers, which the API server must never load (they cost it hundreds of MB and libtorch)."""
+    dest = Path(home) / "models" / TINY_MODEL_NAME
+    if not is_complete_model(dest):
+        done = subprocess.run(
+            [sys.executable, "-m", "tunehouse.trainer.tiny", str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"building {TINY_MODEL_NAME} failed: {done.stderr.strip()[-2000:]}")
+    return dest
+
+
+if __name__ == "__main__":
+    build_tiny_model(Path(sys.argv[1]))

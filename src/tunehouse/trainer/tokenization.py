@@ -1,7 +1,7 @@
 """Turn normalized records into token ids and loss labels.
 
-Conversations are rendered with the model's own chat template; only assistant turns (weight 1)
-carry labels, everything else is -100 so the loss ignores it.
+Conversations are rendered with the model's own chat template; only assistant replies (weight 1) and their
+stop tokens carry labels (see chat_template.py), everything else is -100 so the loss ignores it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import Record, Turn
-
-IGNORE_INDEX = -100
+from .chat_template import (
+    IGNORE_INDEX,
+    TemplateError,
+    TemplateProfile,
+    encode_conversation,
+    has_chat_template,
+    install_chatml,
+    profile_template,
+)
+from .data import DataError, DataIssue, Record, Turn
 
 
 @dataclass(frozen=True)
@@ -63,58 +70,67 @@ class TokenizeStats:
         )
 
 
-def _render(tokenizer: Any, turns: tuple[Turn, ...] | list[Turn], generation_prompt: bool = False) -> str:
-    messages = [{"role": t.role, "content": t.content} for t in turns]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def chat_profile(tokenizer: Any) -> TemplateProfile:
+    """The profile ``prepare_tokenizer`` attached to this tokenizer, or a fresh probe."""
+    found = getattr(tokenizer, "_tunehouse_profile", None)
+    return found if found is not None else profile_template(tokenizer)
 
 
-def _assistant_spans(tokenizer: Any, turns: tuple[Turn, ...], full: str) -> list[tuple[int, int]]:
-    """Character spans of the trainable assistant turns within ``full``.
+def prepare_tokenizer(
+    tokenizer: Any, model_dir: Path | None, fallback: str = "chatml"
+) -> tuple[TemplateProfile | None, str | None]:
+    """Probe (and, for a template-less model, fill in) the chat template once; (profile, warning or None).
 
-    A turn's span runs from the end of the generation prompt before it to the end of the
-    conversation rendered through it, so it includes the end-of-turn marker and the model learns
-    to stop. Templates that re-render earlier turns differently (so prefixes don't line up) fall
-    back to locating the raw content.
-    """
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, turn in enumerate(turns):
-        if turn.role != "assistant":
+    ``fallback`` is the registry's choice for models without a template: "chatml" or "refuse" (then chat
+    data is a data error, raised by ``encode_chat``)."""
+    warning = None
+    missing = not has_chat_template(tokenizer)
+    if missing and fallback == "chatml":
+        install_chatml(tokenizer)
+        warning = (
+            "the model has no chat template; conversations are rendered as ChatML (<|im_start|>role ... "
+            "<|im_end|>), so prompt it the same way when serving"
+        )
+    if missing and fallback != "chatml":
+        tokenizer._tunehouse_refuse_chat = True
+        return None, None
+    profile = profile_template(tokenizer, generation_eos(model_dir), fallback=missing)
+    tokenizer._tunehouse_profile = profile
+    return profile, warning
+
+
+def generation_eos(model_dir: Path | None) -> list[int]:
+    """The ids that end generation: generation_config.json's eos_token_id, else config.json's."""
+    if model_dir is None:
+        return []
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((Path(model_dir) / name).read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
             continue
-        before = _render(tokenizer, turns[:i], generation_prompt=True)
-        through = _render(tokenizer, turns[: i + 1])
-        if full.startswith(through) and through.startswith(before) and len(before) >= cursor:
-            start, end = len(before), len(through)
-        else:
-            start = full.find(turn.content, cursor)
-            if start < 0:
-                continue
-            end = start + len(turn.content)
-        cursor = end
-        if turn.weight:
-            spans.append((start, end))
-    return spans
+        if isinstance(value, int):
+            return [value]
+        if isinstance(value, list):
+            return [int(v) for v in value if isinstance(v, int)]
+    return []
 
 
 def encode_chat(tokenizer: Any, turns: tuple[Turn, ...]) -> tuple[list[int], list[int]]:
-    full = _render(tokenizer, turns)
-    spans = _assistant_spans(tokenizer, turns, full)
-    # The template already contains any BOS/EOS the model wants; don't let the tokenizer add more.
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = enc["input_ids"]
-    labels = [IGNORE_INDEX] * len(ids)
-    for k, (start, _end) in enumerate(enc["offset_mapping"]):
-        if any(s <= start < e for s, e in spans):
-            labels[k] = ids[k]
-    return ids, labels
+    if getattr(tokenizer, "_tunehouse_refuse_chat", False):
+        raise TemplateError(
+            "the model has no chat template and its registry entry refuses a default; register it with "
+            "--chat-template-fallback chatml or train on text data"
+        )
+    encoded = encode_conversation(tokenizer, chat_profile(tokenizer), turns)
+    return encoded.ids, encoded.labels
 
 
 def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [tokenizer.bos_token_id] + ids
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)  # document boundary, so the model learns where texts end
+    # Special tokens exactly as the tokenizer's own __call__ adds them for this family (a BOS for Llama-3,
+    # Gemma, Mistral, DeepSeek; none for Qwen): its post-processor knows, ``add_bos_token`` may not.
+    ids = list(tokenizer(text)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)  # document boundary, so packed documents stay apart
     return ids, list(ids)
 
 
@@ -150,6 +166,27 @@ def tokenize_row(record: Record, tokenizer: Any, max_seq_len: int) -> TokenizedR
     return TokenizedRow((Example(ids, labels),) if _usable(ids, labels) else (), truncated)
 
 
+def tokenize_rows(
+    records: list[Record], tokenizer: Any, max_seq_len: int, name: str = ""
+) -> list[TokenizedRow]:
+    """Every record tokenized; a conversation the model's template cannot take is a data error naming its
+    line, raised (with up to 20 such lines) before any model is loaded."""
+    rows: list[TokenizedRow] = []
+    issues: list[DataIssue] = []
+    for record in records:
+        try:
+            rows.append(tokenize_row(record, tokenizer, max_seq_len))
+        except TemplateError as exc:
+            issues.append(DataIssue(record.line, "messages", str(exc)))
+            rows.append(TokenizedRow(()))
+    if issues:
+        prefix = f"{name}: " if name else ""
+        shown = "\n".join(f"{prefix}{issue}" for issue in issues[:20])
+        more = f"\n{prefix}... and {len(issues) - 20} more line(s)" if len(issues) > 20 else ""
+        raise DataError(shown + more)
+    return rows
+
+
 def assemble(rows: list[TokenizedRow], pairs: bool = False) -> tuple[list[Any], TokenizeStats]:
     """Flatten tokenized rows into training items (Examples, or Pairs for DPO) with their stats."""
     stats = TokenizeStats()
@@ -171,7 +208,7 @@ def assemble(rows: list[TokenizedRow], pairs: bool = False) -> tuple[list[Any], 
 def tokenize_records(
     records: list[Record], tokenizer: Any, max_seq_len: int
 ) -> tuple[list[Any], TokenizeStats]:
-    rows = [tokenize_row(r, tokenizer, max_seq_len) for r in records]
+    rows = tokenize_rows(records, tokenizer, max_seq_len)
     pairs = any(r.chosen is not None for r in records)
     items, stats = assemble(rows, pairs)
     if any(r.text is not None for r in records):
@@ -181,7 +218,7 @@ def tokenize_records(
 
 # -- cache -------------------------------------------------------------------------------------------
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels from chat_template.py (exact spans and stop tokens)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -194,6 +231,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     extra = [
         getattr(tokenizer, "chat_template", None),
+        repr(getattr(tokenizer, "_tunehouse_profile", None)),
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
         bool(getattr(tokenizer, "add_bos_token", False)),
@@ -275,7 +313,7 @@ def tokenize_file(
                     return rows, True
             except Exception:  # noqa: BLE001 - a damaged entry is just a miss
                 pass
-    rows = [tokenize_row(r, tokenizer, max_seq_len) for r in records]
+    rows = tokenize_rows(records, tokenizer, max_seq_len, Path(path).name)
     if entry is not None:
         with contextlib.suppress(OSError):  # a read-only or full cache must not fail the run
             _save_rows(entry, rows)

@@ -219,3 +219,31 @@ def test_chat_line_in_a_preference_file_is_reported(tmp_path: Path) -> None:
 
 def test_dpo_mode_takes_only_preference_files() -> None:
     assert formats_for_train_mode("dpo") == {"preference"}
+
+
+def test_assistant_turns_may_carry_reasoning_content(tmp_path: Path) -> None:
+    row = {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "Two and two make four."},
+        ]
+    }
+    _, records = load_records(write_jsonl(tmp_path / "r.jsonl", [row]))
+    assert records[0].turns[1].reasoning == "Two and two make four."
+
+
+def test_reasoning_content_is_refused_outside_assistant_turns_with_its_line(tmp_path: Path) -> None:
+    rows = [
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "a", "reasoning_content": "x"},
+                {"role": "assistant", "content": "b", "reasoning_content": 3},
+            ]
+        },
+    ]
+    report = validate_dataset(write_jsonl(tmp_path / "r.jsonl", rows))
+    assert report.errors == [
+        DataIssue(2, "messages[0].reasoning_content", "only allowed on assistant turns"),
+        DataIssue(2, "messages[1].reasoning_content", "must be a string, got int"),
+    ]

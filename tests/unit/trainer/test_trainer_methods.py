@@ -1,4 +1,4 @@
-"""DPO, gradient accumulation, OOM retry, incremental training, rotation and outputs."""
+"""DPO, gradient accumulation, incremental training, rotation and outputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunehouse.trainer.loop import Trainer, with_oom_retry
 from tunehouse.trainer.spec import EXIT_DATA_INVALID, EXIT_SUCCEEDED
 from tunehouse.trainer.tensorboard import read_scalars
 
@@ -123,104 +122,6 @@ def test_resume_is_exact_with_packing_and_accumulation(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     tokens = [of_type(e, "model")[0]["trained_tokens"] for e in (straight, resumed)]
     assert tokens[0] == tokens[1] == of_type(straight, "progress")[-1]["trained_tokens"] > 0
-
-
-def test_oom_retry_halves_the_micro_batch_once() -> None:
-    calls: list[int] = []
-    retries: list[int] = []
-
-    def step(micro: int) -> str:
-        calls.append(micro)
-        if micro > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return f"ok@{micro}"
-
-    assert with_oom_retry(step, 4, lambda smaller, exc: retries.append(smaller)) == ("ok@2", 2)
-    assert calls == [4, 2] and retries == [2]
-    with pytest.raises(torch.OutOfMemoryError):
-        with_oom_retry(step, 8, lambda smaller, exc: None)  # 8 -> 4 still fails: only one retry
-    retries.clear()
-    with pytest.raises(torch.OutOfMemoryError):
-        with_oom_retry(lambda micro: step(micro + 2), 1, lambda smaller, exc: retries.append(smaller))
-    assert retries == []  # a micro-batch of one cannot shrink
-
-
-def test_oom_during_a_run_retries_and_says_so(
-    make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_step = Trainer._sft_step
-    seen: list[int] = []
-
-    def flaky_step(self: Trainer, model, examples, micro: int):
-        seen.append(micro)
-        if micro == 4:  # fault injection: the first attempt runs out of memory
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_step(self, model, examples, micro)
-
-    monkeypatch.setattr(Trainer, "_sft_step", flaky_step)
-    code, events = run_in_process(make_spec(hp={"epochs": 2, "save_steps": 1}))
-    assert code == EXIT_SUCCEEDED, of_type(events, "error")
-    assert seen == [4, 2, 2, 2, 2]  # retried once, then the smaller micro-batch sticks
-    message = next(m["message"] for m in of_type(events, "log") if "out of memory" in m["message"])
-    assert "micro-batch 2 (was 4)" in message and "gradient accumulation 2 (was 1)" in message
-    state = json.loads(Path(of_type(events, "checkpoint")[-1]["path"], "trainer_state.json").read_text())
-    assert state["micro_batch_size"] == 2
-
-
-def eval_metrics(events: list[dict]) -> list[dict]:
-    return [p for p in of_type(events, "metrics") if "eval_loss" in p]
-
-
-def test_oom_during_evaluation_retries_smaller_without_changing_the_result(
-    make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hp = {"epochs": 2, "split_ratio": 25, "eval_steps": 1, "lora_dropout": 0}
-    code, clean = run_in_process(make_spec("eval-clean", hp=hp))
-    assert code == EXIT_SUCCEEDED
-    real_pass = Trainer._evaluation_pass
-    seen: list[int] = []
-
-    def flaky_pass(self: Trainer, model, micro: int):
-        seen.append(micro)
-        if micro == 4:  # fault injection: evaluation at the training micro-batch runs out of memory
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_pass(self, model, micro)
-
-    monkeypatch.setattr(Trainer, "_evaluation_pass", flaky_pass)
-    code, retried = run_in_process(make_spec("eval-oom", hp=hp))
-    assert code == EXIT_SUCCEEDED, of_type(retried, "error")
-    assert seen[:2] == [4, 2] and set(seen[2:]) == {2}  # later evaluations keep the smaller size
-    messages = [m["message"] for m in of_type(retried, "log") if "out of memory" in m["message"]]
-    assert messages == ["out of memory during evaluation: retrying with micro-batch 2 (was 4)"]
-    assert train_losses(retried) == train_losses(clean)  # training kept its own micro-batch
-    for a, b in zip(eval_metrics(retried), eval_metrics(clean), strict=True):
-        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-5)
-        assert a["eval_token_accuracy"] == b["eval_token_accuracy"]
-
-
-def test_oom_in_the_dpo_reference_pass_retries_smaller(
-    make_spec: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(repeats=2))
-    fields = {"method": "full", "train_mode": "dpo", "train_files": [str(data)]}
-    hp = {"epochs": 1, "learning_rate": 1e-3}
-    code, clean = run_in_process(make_spec("ref-clean", hp=hp, **fields))
-    assert code == EXIT_SUCCEEDED
-    real_pass = Trainer._reference_pass
-
-    def flaky_pass(self: Trainer, model, micro: int):
-        if micro == 4:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_pass(self, model, micro)
-
-    monkeypatch.setattr(Trainer, "_reference_pass", flaky_pass)
-    code, retried = run_in_process(make_spec("ref-oom", hp=hp, **fields))
-    assert code == EXIT_SUCCEEDED, of_type(retried, "error")
-    assert any(
-        m["message"] == "out of memory during the DPO reference pass: retrying with micro-batch 2 (was 4)"
-        for m in of_type(retried, "log")
-    )
-    assert train_losses(retried) == pytest.approx(train_losses(clean), rel=1e-5)
 
 
 def test_rotation_keeps_last_k_and_the_best(make_spec: Callable[..., Path]) -> None:

@@ -55,3 +55,110 @@
     if (name === "model" || name === "train_mode" || name === "method") rebuild();
   });
 })();
+
+/* New-run form: the chosen dataset's first conversation as the model's chat template renders it, with the
+   tokens a run trains on highlighted (POST /console/preview; the server renders it in a child process). */
+(function () {
+  "use strict";
+  var form = document.getElementById("run-form");
+  var box = document.getElementById("data-preview");
+  if (!form || !box || !window.Tunehouse) return;
+  var el = window.Tunehouse.el;
+  var body = document.getElementById("preview-body");
+  var upload = document.getElementById("upload");
+  var CONVERSATIONS = { chat: true, prompt_response: true };
+  var source = null;  // the ticked file's checkbox, or a File chosen for upload
+  var seq = 0;  // answers to superseded requests are dropped
+
+  function checked(name) { var n = form.querySelector('input[name="' + name + '"]:checked'); return n ? n.value : ""; }
+  function modelName() { var n = form.querySelector('[name="model"]'); return n ? n.value : ""; }
+  function ticked() { return form.querySelector('input[name="datasets"]:checked'); }
+  function chosenUpload() { return upload && upload.files && upload.files.length ? upload.files[0] : null; }
+
+  function hide() { seq += 1; box.hidden = true; body.textContent = ""; }
+
+  function show(nodes) {
+    body.textContent = "";
+    nodes.forEach(function (n) { body.appendChild(n); });
+    box.hidden = false;
+  }
+
+  function firstLine(file) {
+    return file.slice(0, 1 << 20).text().then(function (text) {
+      var lines = text.split(/\r?\n/);
+      for (var i = 0; i < lines.length; i++) { if (lines[i].trim()) return lines[i]; }
+      return "";
+    });
+  }
+
+  function render(name, data) {
+    var caption = el("p", { "class": "hint" });
+    caption.appendChild(document.createTextNode("The first conversation of "));
+    caption.appendChild(el("strong", {}, name));
+    caption.appendChild(document.createTextNode(" as " + modelName() + "'s chat template renders it. "));
+    var legend = el("span", { "class": "legend" });
+    legend.appendChild(el("mark", { "class": "trained" }, "highlighted"));
+    legend.appendChild(document.createTextNode(" = trained"));
+    caption.appendChild(legend);
+    var pre = el("pre", { "class": "rendering", id: "preview-rendering" });
+    data.segments.forEach(function (s) {
+      pre.appendChild(s.trained ? el("mark", { "class": "trained" }, s.text) : document.createTextNode(s.text));
+    });
+    var nodes = [caption, pre, el("p", { "class": "preview-count", id: "preview-count" },
+      data.trained_tokens + " of " + data.tokens + " tokens trained")];
+    if (data.warning) nodes.push(el("p", { "class": "warning" }, data.warning));
+    return nodes;
+  }
+
+  function refresh() {
+    var mine = ++seq;
+    var isFile = source && source.nodeType === 1;
+    if (!source || !modelName() || checked("train_mode") !== "sft" ||
+        (isFile && !CONVERSATIONS[source.getAttribute("data-format")])) { hide(); return; }
+    var name = isFile ? source.getAttribute("data-filename") : source.name;
+    show([el("p", { "class": "muted" }, "Rendering the first conversation of " + name + "…")]);
+    var payload = new FormData();
+    payload.append("model", modelName());
+    var ready;
+    if (isFile) {
+      payload.append("file", source.value);
+      ready = Promise.resolve();
+    } else {
+      ready = firstLine(source).then(function (line) { payload.append("line", line); });
+    }
+    ready.then(function () {
+      return fetch("/console/preview", {
+        method: "POST", body: payload, credentials: "same-origin",
+        headers: { "X-CSRF-Token": window.Tunehouse.csrf }
+      });
+    }).then(function (r) {
+      return r.json().catch(function () { return { error: "preview request failed (" + r.status + ")" }; });
+    }).then(function (data) {
+      if (mine !== seq) return;
+      if (data.error) {
+        show([el("div", { "class": "error", role: "alert" }, "No preview: " + data.error)]);
+      } else if (data.segments) {
+        show(render(name, data));
+      } else {
+        hide();  // text or preference rows: nothing is masked, nothing to show
+      }
+    }).catch(function (err) {
+      if (mine === seq) show([el("div", { "class": "error", role: "alert" }, String(err.message || err))]);
+    });
+  }
+
+  form.addEventListener("change", function (ev) {
+    var t = ev.target, name = t.getAttribute("name");
+    if (name === "datasets") {
+      if (t.checked) source = t;
+      else if (source === t) source = ticked() || chosenUpload();
+    } else if (t === upload) {
+      source = chosenUpload() || ticked();
+    } else if (name !== "model" && name !== "train_mode") {
+      return;
+    }
+    refresh();
+  });
+  source = chosenUpload() || ticked();  // a form re-rendered after an error keeps its choices
+  if (source) refresh();
+})();
