@@ -187,8 +187,10 @@ class Scheduler:
         if said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
-        elif run.state == RunState.PAUSING and not run.stop_requested and (
-            said == "stopped" or code == EXIT_STOPPED or unexplained
+        elif (
+            run.state == RunState.PAUSING
+            and not run.stop_requested
+            and (said == "stopped" or code == EXIT_STOPPED or unexplained)
         ):
             # Even a trainer killed before its first checkpoint pauses: it resumes from the last one it had.
             self._hold(s, run)
