@@ -51,7 +51,7 @@ from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFo
 from tunehouse.core.events import events_page
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Job, Model, Run
-from tunehouse.trainer.data import formats_for_train_mode, validate_dataset
+from tunehouse.trainer.data import detect_format, formats_for_train_mode, validate_dataset
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -443,6 +443,14 @@ class _PreviewError(Exception):
         self.message = message
 
 
+def _line_format(line: bytes) -> str | None:
+    """The dataset format one JSONL line looks like (None if it is not JSON)."""
+    try:
+        return detect_format(json.loads(line))
+    except ValueError:
+        return None
+
+
 def _first_line(path: Path) -> bytes:
     """A stored file's first non-blank line: the preview never reads (or validates) the whole file."""
     with path.open("rb") as fh:
@@ -523,7 +531,7 @@ async def preview_conversation(
         fmt = source["format"]
     else:
         data = str(line).encode()[:PREVIEW_LINE_MAX]
-        fmt = (await run_in_threadpool(file_svc.validate_bytes, data, 1)).format
+        fmt = _line_format(data)
     if fmt not in PREVIEW_FORMATS:
         return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
     if source.get("tiny"):

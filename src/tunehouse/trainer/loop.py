@@ -25,6 +25,7 @@ import torch
 from .checkpoint import Checkpointer, TrainState, is_checkpoint, is_lora_checkpoint, load_state, restore_rng
 from .data import DataError
 from .dataset import load_items
+from .diskspace import dir_bytes, ensure_room
 from .evaluation import Evaluator
 from .events import EventWriter
 from .forward import Forward, plain_head
@@ -115,6 +116,7 @@ class Trainer:
         self.stop = stop
         self.place = choose_placement(spec)
         self.objective_type = OBJECTIVES[spec.train_mode]
+        self.checkpoint_bytes = 0  # size of the last checkpoint written
         self.micro = self.hp.batch_size
         self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
@@ -300,7 +302,11 @@ class Trainer:
                 run_eval()
             metrics = {"train_loss": sum(since_ckpt) / len(since_ckpt)} if since_ckpt else {}
             metrics.update(self.last_eval)
+            checkpointer.root.mkdir(parents=True, exist_ok=True)
+            # Refuse to start a checkpoint the volume cannot hold while keeping the reserve free.
+            ensure_room(checkpointer.root / f"step-{state.step}", self.checkpoint_bytes, spec.reserve_bytes)
             path, best = checkpointer.save(state, metrics, objective.checkpoint_files())
+            self.checkpoint_bytes = dir_bytes(path)  # what the next one will need, about
             payload = {"step": state.step, "path": str(path), "metrics": metrics, "best": best}
             events.emit("checkpoint", payload)
             for step, gone in checkpointer.rotate(upto=state.step):

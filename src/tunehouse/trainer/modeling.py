@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .attention import choose_attention, is_varlen
+from .diskspace import written_whole
 from .precision import choose_precision
 from .spec import RunSpec
 
@@ -145,9 +146,10 @@ def _save_atomically(final: Path, model: Any, tokenizer: Any) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with written_whole(tmp, final):  # a full disk leaves no half-written model behind, and says so
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     return final
