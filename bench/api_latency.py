@@ -323,7 +323,8 @@ def main() -> None:
         keys = json.loads(tunehouse(env, "keys", "create", "--account", ACCOUNT, "--json"))
         creds = Creds(keys["access_key"], keys["secret_key"], keys["api_key"])
         account_id, file_id = seed_account(dsn)
-        serve_args = ["--workers", str(args.workers)] + ([] if args.with_scheduler else ["--no-scheduler"])
+        serve_args = ["--workers", str(args.workers)] if args.workers > 1 else []
+        serve_args += [] if args.with_scheduler else ["--no-scheduler"]
         sizes = [n for n in (args.small, args.jobs) if n > 0]
         seeded = 0
         for n in sizes:

@@ -1,32 +1,61 @@
 #!/usr/bin/env python3
-"""Training throughput: our loop with packing against plain Hugging Face Trainer with dynamic padding.
+"""Training throughput: our loop against the Hugging Face configurations a careful user would pick.
 
-Both run in this process, one after the other, on the same device, the same random Qwen2-shaped
-model (same init), the same synthetic data and the same examples per optimizer step. The peer is
-what /work/shared/bench/peer_hf_trainer.py measures: transformers.Trainer, SDPA attention, each
-batch padded to its longest sequence, no packing. Ours is tunehouse.trainer.loop.Trainer.train_step
-(the step the real loop runs): the step's examples packed into balanced rows with per-example
-position ids (no attention across examples), loss normalized over the step.
+Four runs in this process, one after the other, on the same device, the same random Qwen2-shaped
+model (same init), the same synthetic chat-like data and the same examples in the same order per
+optimizer step (so the same tokens per step and, up to kernel rounding, the same losses):
 
-Data: token sequences with log-normal lengths like chat SFT data (median --median-len, long tail
-clipped to --max-len); loss on every token. Only real (non-pad) tokens count as throughput.
+- ``tunehouse``: tunehouse.trainer.loop.Trainer.train_step, the step the real loop runs (the step's
+  examples packed into balanced rows with per-example position ids, loss normalized over the step).
+  The full entry point with its events and checkpoints is the next step, once the loop is split into
+  modules.
+- ``hf_padded``: transformers.Trainer, each batch padded to its longest example (dynamic padding),
+  AdamW (``adamw_torch``). What /work/shared/bench/peer_hf_trainer.py measures.
+- ``hf_padding_free``: transformers.Trainer with ``DataCollatorWithFlattening`` (the step's examples
+  in one row with position ids, no padding) and fused AdamW (``adamw_torch_fused``).
+- ``trl_sft_packed``: TRL ``SFTTrainer`` with ``packing=True`` and ``padding_free=True`` (its
+  best-fit-decreasing packing, its fused chunked LM head), fused AdamW. TRL packs with
+  ``trl.pack_dataset`` itself, but over one optimizer step's examples at a time, into one row as long
+  as the longest step, so its steps hold the same examples as the others'; everything after the
+  packing is SFTTrainer's own (``skip_prepare_dataset`` only skips re-packing).
 
-Prints one JSON line (best of --rounds alternating runs each). CPU example (a few minutes on 2 cores):
+All runs: constant learning rate 1e-5, weight decay 0.01 (off for 1-D tensors), gradient clipping at
+1.0, bf16 autocast on CUDA (fp32 weights), sequential order. Data: token sequences with log-normal
+lengths like chat SFT data (median --median-len, long tail clipped to --max-len); loss on every
+token. Only real (non-pad) tokens count as throughput; the clock starts after --warmup steps and is
+read after a device synchronize. Memory: peak RSS sampled during the run on CPU (which includes
+whatever earlier runs left in the allocator), ``max_memory_allocated`` on CUDA. MFU counts model
+FLOPs (6 per parameter per token, LM head included, plus causal attention per example), not padding.
 
-  .venv/bin/python bench/trainer_throughput.py --steps 8 --warmup 2 --batch 8 --rounds 2
+Prints one JSON line, then a table. CPU example (a few minutes on 2 idle cores; add --rounds 2 on a
+busy machine):
+
+  PYTHONPATH=src .venv/bin/python bench/trainer_throughput.py --steps 6 --warmup 2 --batch 8
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import random
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import psutil
 import torch
+
+LR = 1e-5
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+CUDA = torch.cuda.is_available()
+# Dense bf16 peak FLOP/s by device name substring, for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
 def make_config(vocab: int, hidden: int, layers: int):
@@ -64,22 +93,113 @@ def fresh_model(config, seed: int):
     return model
 
 
-def run_peer(config, seqs: list[list[int]], args) -> dict:
+def model_flops(config, params: int, steps: list[list[list[int]]]) -> float:
+    """Useful training FLOPs of these steps: 6 per weight per token (the tied LM head counted once as a
+    matmul, the embedding lookup not), plus causal attention (QK^T and PV, forward and backward)."""
+    matmul_params = params - config.vocab_size * config.hidden_size * (0 if config.tie_word_embeddings else 1)
+    total = 0.0
+    for step in steps:
+        for seq in step:
+            n = len(seq)
+            total += 6 * matmul_params * n + 6 * config.num_hidden_layers * config.hidden_size * n * n
+    return total
+
+
+class Meter:
+    """Wall and process CPU time between two marks (after a device sync), and peak memory of the run."""
+
+    def __init__(self) -> None:
+        self.started = self.cpu_started = self.secs = self.cpu = 0.0
+        self.rss_start = psutil.Process().memory_info().rss
+        self.rss_peak = self.rss_start
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        if CUDA:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.wait(0.02):
+            self.rss_peak = max(self.rss_peak, proc.memory_info().rss)
+
+    def start(self) -> None:
+        if CUDA:
+            torch.cuda.synchronize()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        if CUDA:
+            torch.cuda.synchronize()
+        self.secs = time.perf_counter() - self.started
+        self.cpu = time.process_time() - self.cpu_started
+
+    def close(self) -> dict[str, float]:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join()
+        if CUDA:
+            return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+        return {"peak_mem_mb": self.rss_peak / 2**20, "rss_start_mb": self.rss_start / 2**20}
+
+
+def hf_args(out: str, batch: int, steps: int, optim: str, **extra: Any) -> dict[str, Any]:
+    return dict(
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=WEIGHT_DECAY,
+        max_grad_norm=MAX_GRAD_NORM,
+        optim=optim,
+        logging_steps=1,  # per-step losses, to compare; our step reads its loss every step too
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        train_sampling_strategy="sequential",  # the steps hold the same examples as the other runs'
+        use_cpu=not CUDA,
+        bf16=CUDA,
+        disable_tqdm=True,
+        seed=0,
+        **extra,
+    )
+
+
+def clock_callback(meter: Meter, warmup: int, steps: int, losses: list[float]):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kw):
+            if state.global_step == warmup:
+                meter.start()
+            elif state.global_step == steps:
+                meter.stop()
+
+        def on_log(self, targs, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return Clock()
+
+
+def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
     from torch.utils.data import Dataset
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    seqs = [s for step in steps for s in step]
 
     class Rows(Dataset):
         def __len__(self) -> int:
             return len(seqs)
 
         def __getitem__(self, i: int) -> dict:
-            ids = torch.tensor(seqs[i])
-            return {"input_ids": ids, "labels": ids.clone()}
-
-    batches: list[tuple[int, int]] = []  # (real tokens, padded positions) per collated batch
+            return {"input_ids": seqs[i], "labels": list(seqs[i])}
 
     def pad_collate(batch: list[dict]) -> dict:
         n = max(len(b["input_ids"]) for b in batch)
@@ -88,60 +208,89 @@ def run_peer(config, seqs: list[list[int]], args) -> dict:
         att = torch.zeros(len(batch), n, dtype=torch.long)
         for r, b in enumerate(batch):
             k = len(b["input_ids"])
-            ids[r, :k] = b["input_ids"]
-            lab[r, :k] = b["labels"]
+            ids[r, :k] = torch.tensor(b["input_ids"])
+            lab[r, :k] = torch.tensor(b["labels"])
             att[r, :k] = 1
-        batches.append((int(att.sum()), ids.numel()))
         return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
-    stamps: dict[int, float] = {}
-    cpu_stamps: dict[int, float] = {}
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, targs, state, control, **kw):
-            if state.global_step in (args.warmup, args.steps):
-                stamps[state.global_step] = time.perf_counter()
-                cpu_stamps[state.global_step] = time.process_time()
-
+    if kind == "hf_padded":
+        collator, optim = pad_collate, "adamw_torch"
+    else:
+        collator, optim = DataCollatorWithFlattening(return_position_ids=True), "adamw_torch_fused"
+    meter, losses = Meter(), []
     with tempfile.TemporaryDirectory() as out:
-        targs = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=args.batch,
-            max_steps=args.steps,
-            learning_rate=1e-5,
-            logging_steps=10_000,
-            save_strategy="no",
-            report_to=[],
-            dataloader_num_workers=0,  # batches collate in step order, so the counts line up
-            optim="adamw_torch",
-            remove_unused_columns=False,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=torch.cuda.is_available(),
-            disable_tqdm=True,
+        targs = TrainingArguments(**hf_args(out, args.batch, len(steps), optim, remove_unused_columns=False))
+        trainer = Trainer(
+            model=fresh_model(config, args.seed),
+            args=targs,
+            train_dataset=Rows(),
+            data_collator=collator,
+            callbacks=[clock_callback(meter, args.warmup, len(steps), losses)],
         )
-        model = fresh_model(config, args.seed)
-        Trainer(
-            model=model, args=targs, train_dataset=Rows(), data_collator=pad_collate, callbacks=[Clock()]
-        ).train()
-    timed = batches[args.warmup : args.steps]
-    real, positions = sum(b[0] for b in timed), sum(b[1] for b in timed)
-    secs = stamps[args.steps] - stamps[args.warmup]
-    cpu = cpu_stamps[args.steps] - cpu_stamps[args.warmup]
-    return {
-        "tokens_per_s": real / secs,
-        "tokens_per_cpu_s": real / cpu,
-        "padding_share": 1 - real / positions,
-        "seconds": secs,
-    }
+        trainer.train()
+    del trainer
+    return finish(meter, losses)
 
 
-def run_ours(config, seqs: list[list[int]], args) -> dict:
+def bench_tokenizer(vocab: int):
+    """A word-level tokenizer over the ids themselves: SFTTrainer wants one for its pad id; the data is
+    already token ids, so it never tokenizes anything."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({str(i): i for i in range(vocab)}, unk_token="0"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="0", eos_token="0", unk_token="0")
+
+
+def run_trl(config, steps: list[list[list[int]]], args) -> dict:
+    from datasets import Dataset
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer, pack_dataset
+
+    hf_logging.set_verbosity_error()
+    seqs = [s for step in steps for s in step]
+    longest_step = max(sum(len(s) for s in step) for step in steps)
+    rows = Dataset.from_dict({"input_ids": seqs, "labels": [list(s) for s in seqs]})
+    # One map batch per optimizer step and a row long enough for the longest step: best-fit decreasing
+    # then puts each step's examples, and only those, in one packed row.
+    packed = pack_dataset(rows, longest_step, "bfd", {"batch_size": args.batch})
+    assert len(packed) == len(steps), "each step's examples must pack into exactly one row"
+    meter, losses = Meter(), []
+    with tempfile.TemporaryDirectory() as out:
+        cfg = SFTConfig(
+            **hf_args(
+                out,
+                1,
+                len(steps),
+                "adamw_torch_fused",
+                packing=True,
+                padding_free=True,
+                max_length=longest_step,
+                dataset_kwargs={"skip_prepare_dataset": True},
+                gradient_checkpointing=False,  # SFTConfig turns it on by default; the other runs have none
+            )
+        )
+        trainer = SFTTrainer(
+            model=fresh_model(config, args.seed),
+            args=cfg,
+            train_dataset=packed,
+            processing_class=bench_tokenizer(config.vocab_size),
+            callbacks=[clock_callback(meter, args.warmup, len(steps), losses)],
+        )
+        trainer.train()
+    del trainer
+    return finish(meter, losses)
+
+
+def run_ours(config, steps: list[list[list[int]]], args) -> dict:
     from tunehouse.contract.spec import RunSpec
     from tunehouse.trainer.events import EventWriter
-    from tunehouse.trainer.loop import Trainer, epoch_order
+    from tunehouse.trainer.loop import Trainer
     from tunehouse.trainer.stop import StopFlag
     from tunehouse.trainer.tokenization import Example
 
+    meter, losses = Meter(), []
     with tempfile.TemporaryDirectory() as out:
         spec = RunSpec(
             run_id="bench",
@@ -153,49 +302,59 @@ def run_ours(config, seqs: list[list[int]], args) -> dict:
             hyperparameters={
                 "batch_size": args.batch,
                 "max_seq_len": args.max_len,
-                "learning_rate": 1e-5,
+                "learning_rate": LR,
+                "weight_decay": WEIGHT_DECAY,
+                "max_grad_norm": MAX_GRAD_NORM,
                 "packing": True,
             },
         )
         trainer = Trainer(spec, EventWriter(None, None), StopFlag())
-        trainer.train_items = [Example(s, list(s)) for s in seqs]
         model = fresh_model(config, args.seed).to(trainer.device)
         model.train()
         optimizer = trainer._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        order = epoch_order(len(seqs), args.seed, 0)
-        real = positions = 0
-        started = cpu_started = 0.0
-        for step in range(args.steps):
-            if step == args.warmup:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                cpu_started = time.process_time()
-            idx = order[step * args.batch : (step + 1) * args.batch]
-            result, _ = trainer.train_step(
-                model, optimizer, scheduler, [trainer.train_items[i] for i in idx], idx, step + 1
-            )
-            if step >= args.warmup:
-                real += result.real_tokens
-                positions += result.positions
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-    return {
-        "tokens_per_s": real / secs,
-        "tokens_per_cpu_s": real / cpu,
-        "padding_share": 1 - real / positions,
-        "seconds": secs,
-    }
+        for number, step in enumerate(steps):
+            if number == args.warmup:
+                meter.start()
+            examples = [Example(s, list(s)) for s in step]
+            idx = list(range(number * args.batch, (number + 1) * args.batch))
+            result, _ = trainer.train_step(model, optimizer, scheduler, examples, idx, number + 1)
+            losses.append(result.loss)
+        meter.stop()
+    del model, optimizer
+    return finish(meter, losses)
+
+
+def finish(meter: Meter, losses: list[float]) -> dict:
+    gc.collect()
+    return {"seconds": meter.secs, "cpu_seconds": meter.cpu, "losses": losses, **meter.close()}
+
+
+RUNS: dict[str, Callable[..., dict]] = {
+    "tunehouse": run_ours,
+    "hf_padded": lambda config, steps, args: run_hf("hf_padded", config, steps, args),
+    "hf_padding_free": lambda config, steps, args: run_hf("hf_padding_free", config, steps, args),
+    "trl_sft_packed": run_trl,
+}
+
+
+def table(rows: dict[str, dict]) -> str:
+    head = f"{'run':<17}{'tok/s':>10}{'tok/CPU-s':>11}{'MFU':>8}{'peak MB':>10}{'final loss':>12}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        lines.append(
+            f"{name:<17}{r['tokens_per_s']:>10.1f}{r['tokens_per_cpu_s']:>11.1f}{mfu:>8}"
+            f"{r['peak_mem_mb']:>10.0f}{r['final_loss']:>12.4f}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="examples per optimizer step (one micro-batch)")
     ap.add_argument("--median-len", type=int, default=200)
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=32000)
@@ -203,24 +362,74 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating peer/ours rounds; best of each")
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat all runs, alternating their order; best of each"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.warmup >= args.steps:
+        ap.error("--warmup must be below --steps")
 
     config = make_config(args.vocab, args.hidden, args.layers)
-    lengths = make_lengths(args.batch * (args.steps + 1), args.median_len, args.max_len, args.seed)
+    lengths = make_lengths(args.batch * args.steps, args.median_len, args.max_len, args.seed)
     seqs = make_sequences(lengths, args.vocab, args.seed)
-    # Other work on a shared machine skews single runs; alternate the two and keep each one's best.
-    peers, ourss = [], []
-    for r in range(args.rounds):
-        pair = [("peer", run_peer), ("ours", run_ours)]
-        for name, fn in pair if r % 2 == 0 else pair[::-1]:
-            (peers if name == "peer" else ourss).append(fn(config, seqs, args))
-    peer = max(peers, key=lambda m: m["tokens_per_s"])
-    ours = max(ourss, key=lambda m: m["tokens_per_s"])
+    steps = [seqs[i * args.batch : (i + 1) * args.batch] for i in range(args.steps)]
+    timed = steps[args.warmup :]
+    real = sum(len(s) for step in timed for s in step)
     params = sum(p.numel() for p in fresh_model(config, args.seed).parameters())
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+    flops = model_flops(config, params, timed)
+    device = torch.cuda.get_device_name(0) if CUDA else f"cpu x{torch.get_num_threads()}"
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in device), None) if CUDA else None
+
+    names = args.runs.split(",")
+    each: dict[str, list[dict]] = {name: [] for name in names}
+    # Other work on a shared machine skews single runs: alternate the order each round, keep the best.
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            each[name].append(RUNS[name](config, steps, args))
+    results: dict[str, dict] = {}
+    for name, rs in each.items():
+        fastest = min(rs, key=lambda r: r["seconds"])
+        results[name] = {
+            "tokens_per_s": real / fastest["seconds"],
+            "tokens_per_cpu_s": max(real / r["cpu_seconds"] for r in rs),
+            "mfu": flops / fastest["seconds"] / peak if peak else None,
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in rs),
+            # RSS when the run began: on CPU the peak includes what earlier runs left in the allocator.
+            "mem_at_start_mb": fastest.get("rss_start_mb"),
+            "final_loss": fastest["losses"][-1],
+            "losses": [round(x, 4) for x in fastest["losses"]],
+            "seconds_each": [round(r["seconds"], 2) for r in rs],
+        }
+    ratios = {}
+    if "tunehouse" in results and len(results) > 1:
+        peers = {k: v for k, v in results.items() if k != "tunehouse"}
+        ours = results["tunehouse"]
+        for metric in ("tokens_per_s", "tokens_per_cpu_s"):
+            best = max(peers, key=lambda k, m=metric: peers[k][m])
+            ratios[f"{metric}_vs_best"] = {
+                "peer": best,
+                "ratio": round(ours[metric] / peers[best][metric], 3),
+            }
+        least = min(peers, key=lambda k: peers[k]["peak_mem_mb"])
+        ratios["peak_mem_vs_least"] = {
+            "peer": least,
+            "ratio": round(ours["peak_mem_mb"] / peers[least]["peak_mem_mb"], 3),
+        }
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import trl
+
+        versions["trl"] = trl.__version__
+    except ImportError:
+        pass
+    rounded = {
+        k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()} for k, r in results.items()
+    }
     print(
         json.dumps(
             {
@@ -228,32 +437,21 @@ def main() -> None:
                 "device": device,
                 "params": params,
                 "model": f"qwen2 hidden={args.hidden} layers={args.layers} vocab={args.vocab}",
-                "batch": args.batch,
-                "timed_steps": args.steps - args.warmup,
-                "mean_len": round(sum(lengths) / len(lengths), 1),
-                "max_len": args.max_len,
-                "peer": "hf_trainer_pad_longest",
-                "peer_tokens_per_s": round(peer["tokens_per_s"], 1),
-                "peer_padding_share": round(peer["padding_share"], 4),
-                "peer_seconds": round(peer["seconds"], 2),
-                "ours": "tunehouse_loop_packed",
-                "ours_tokens_per_s": round(ours["tokens_per_s"], 1),
-                "ours_padding_share": round(ours["padding_share"], 4),
-                "ours_seconds": round(ours["seconds"], 2),
-                "ratio_ours_over_peer": round(ours["tokens_per_s"] / peer["tokens_per_s"], 3),
-                # CPU time is steadier than wall time when other work shares the machine.
-                "peer_tokens_per_cpu_s": round(max(m["tokens_per_cpu_s"] for m in peers), 1),
-                "ours_tokens_per_cpu_s": round(max(m["tokens_per_cpu_s"] for m in ourss), 1),
-                "ratio_per_cpu_s": round(
-                    max(m["tokens_per_cpu_s"] for m in ourss) / max(m["tokens_per_cpu_s"] for m in peers), 3
-                ),
+                "examples_per_step": args.batch,
+                "tokens_per_step": [sum(len(s) for s in step) for step in steps],
+                "timed_steps": len(timed),
+                "timed_tokens": real,
                 "rounds": args.rounds,
-                "peer_tokens_per_s_each": [round(m["tokens_per_s"], 1) for m in peers],
-                "ours_tokens_per_s_each": [round(m["tokens_per_s"], 1) for m in ourss],
-                "torch": torch.__version__,
+                "mean_len": round(sum(lengths) / len(lengths), 1),
+                "runs": rounded,
+                "ours_over_peer": ratios,
+                **versions,
             }
         )
     )
+    print(table(results))
+    for key, r in ratios.items():
+        print(f"ours / {r['peer']}: {r['ratio']} ({key})")
 
 
 if __name__ == "__main__":

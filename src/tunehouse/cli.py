@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, keys, models, accounts."""
+"""The `tunehouse` command: serve, worker, keys, models, accounts, backup and restore."""
 
 from __future__ import annotations
 
@@ -352,3 +352,36 @@ def models_check(
         f"\n{out['trained_tokens']} of {out['tokens']} tokens trained "
         "([bold black on green]highlighted[/bold black on green]); the rest is context."
     )
+
+
+@app.command("backup")
+def backup_home(
+    path: Annotated[Path, typer.Argument(help="A new (or empty) directory to write the backup to.")],
+) -> None:
+    """Back up this home: its database and its artifacts (files, runs, models, master key); safe while
+    the server runs."""
+    from tunehouse.store.backup import BackupError, backup
+
+    try:
+        manifest = backup(_settings(), path.resolve())
+    except BackupError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    rows = sum(manifest["rows"].values())
+    console.print(f"backed up {manifest['home']} ({rows} rows, schema {manifest['revision']}) to {path}")
+
+
+@app.command("restore")
+def restore_home(
+    path: Annotated[Path, typer.Argument(help="A directory written by `tunehouse backup`.")],
+) -> None:
+    """Restore a backup into this (fresh) home and its empty database; then `tunehouse serve` as usual."""
+    from tunehouse.store.backup import BackupError, restore
+
+    settings = _settings()
+    try:
+        manifest = restore(settings, path.resolve())
+    except BackupError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"restored {manifest['home']} (backed up {manifest['created_at']}) into {settings.home}")

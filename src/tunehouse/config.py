@@ -20,6 +20,9 @@ class Settings:
     # A trainer that vanishes (killed, node lost) is resumed from its last checkpoint; the run fails when
     # it has been lost this many times.
     max_trainer_losses: int = 3
+    # Kept free on the home volume for the records: creates and uploads are refused (507) and trainers
+    # stop checkpointing (the run fails with the reason) rather than eat into it.
+    min_free_bytes: int = 64 << 20
 
     @property
     def capacity(self) -> int:
@@ -56,4 +59,5 @@ def load_settings() -> Settings:
         public_url=os.environ.get("TUNEHOUSE_PUBLIC_URL", ""),
         gpus=gpus,
         max_trainer_losses=int(os.environ.get("TUNEHOUSE_MAX_TRAINER_LOSSES", 3)),
+        min_free_bytes=int(float(os.environ.get("TUNEHOUSE_MIN_FREE_MB", 64)) * (1 << 20)),
     )

@@ -69,11 +69,6 @@ def create_in_parallel(server: LiveServer, api_key: str, n: int) -> Counter[int]
         return Counter(pool.map(create, range(n)))
 
 
-def test_parallel_creates_from_one_account_all_succeed(server: LiveServer) -> None:
-    keys = server.keys("crowd")
-    assert create_in_parallel(server, keys["api_key"], PARALLEL) == {200: PARALLEL}
-
-
 def test_parallel_creates_beyond_the_accounts_limit_are_refused_with_429_and_the_rest_accepted(
     server: LiveServer,
 ) -> None:

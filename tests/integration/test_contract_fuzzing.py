@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.http_helpers import bce_headers
 
-EXAMPLES = 15  # per operation and generation mode: about a minute for every route together
+EXAMPLES = 10  # per operation and generation mode: well under a minute for every route together
 
 
 @pytest.fixture(scope="module")

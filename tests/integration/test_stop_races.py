@@ -15,7 +15,7 @@ from openai import OpenAI
 from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 
-CYCLES = 25
+CYCLES = 15
 LONG = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 1}}}
 
 

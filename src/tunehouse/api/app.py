@@ -24,9 +24,10 @@ from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
-from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, build_registry
+from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, build_registry
 from tunehouse.api.openapi import build_openapi
 from tunehouse.api.rate_limit import RateLimited, limiter_for
+from tunehouse.api.storage_guard import StorageGuard
 from tunehouse.config import Settings, load_settings
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.state.ready = False
     app.state.limits = limits
     app.state.rate_limiter = limiter_for(limits)
+    app.add_middleware(RouteNoter)  # innermost: sees the route the router matched
+    app.add_middleware(StorageGuard, settings=settings)
     app.add_middleware(EdgeMiddleware, limits=limits)
     app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too
     app.include_router(qianfan_v2.router)

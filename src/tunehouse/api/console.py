@@ -42,7 +42,7 @@ from tunehouse.api.console_auth import (
 )
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.contract.datasets import formats_for_train_mode, validate_dataset
+from tunehouse.contract.datasets import detect_format, formats_for_train_mode, validate_dataset
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
@@ -446,6 +446,14 @@ class _PreviewError(Exception):
         self.message = message
 
 
+def _line_format(line: bytes) -> str | None:
+    """The dataset format one JSONL line looks like (None if it is not JSON)."""
+    try:
+        return detect_format(json.loads(line))
+    except ValueError:
+        return None
+
+
 def _first_line(path: Path) -> bytes:
     """A stored file's first non-blank line: the preview never reads (or validates) the whole file."""
     with path.open("rb") as fh:
@@ -526,7 +534,7 @@ async def preview_conversation(
         fmt = source["format"]
     else:
         data = str(line).encode()[:PREVIEW_LINE_MAX]
-        fmt = (await run_in_threadpool(file_svc.validate_bytes, data, 1)).format
+        fmt = _line_format(data)
     if fmt not in PREVIEW_FORMATS:
         return _secure(JSONResponse({"skipped": f"{fmt or 'unknown'} rows are not conversations"}))
     if source.get("tiny"):

@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.context import AppContext, ctx_of
 from tunehouse.core import accounts
 from tunehouse.core.secrets_box import load_master_key
 
@@ -40,7 +40,7 @@ class ConsoleSession:
 def _serializer(request: Request) -> URLSafeTimedSerializer:
     cached = getattr(request.app.state, "console_serializer", None)
     if cached is None:
-        ctx = get_ctx(request)
+        ctx = ctx_of(request)
         # Derived from the master key: shared by replicas that share the key, never a constant in the code.
         master = load_master_key(ctx.settings.master_key_path)
         secret = hmac.new(master, b"tunehouse console session v1", hashlib.sha256).digest()

@@ -18,9 +18,14 @@ class AppContext:
     box: SecretBox
 
 
-def get_ctx(request: Request) -> AppContext:
+def ctx_of(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+async def get_ctx(request: Request) -> AppContext:
+    """The dependency form. Async: FastAPI runs a plain-def dependency in a worker thread, per request."""
+    return ctx_of(request)
 
 
 def run_page_url(public_url: str, run_key: str) -> str:

@@ -42,6 +42,7 @@ from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
+from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import Event, File, Job, Model, Run
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,10 @@ class _DashScopeRoute(APIRoute):
                 return response
             except ClientDisconnect:
                 raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception:
+            except Exception as exc:
+                if out_of_space(exc):
+                    log.warning("DashScope request failed: no space left on device")
+                    return ds_error(507, "InsufficientStorage", NO_SPACE_MESSAGE)
                 log.exception("DashScope request failed")
                 return ds_error(500, "InternalError", "Internal server error!")
 

@@ -49,9 +49,7 @@ def check_value(value: Any, limits: Limits, where: str = "") -> None:
             raise InvalidInput(path or "body", "integers must be within a signed 64-bit range")
         elif isinstance(v, dict | list):
             if depth > limits.max_json_depth:
-                raise InvalidInput(
-                    path or "body", f"JSON nested deeper than {limits.max_json_depth} levels"
-                )
+                raise InvalidInput(path or "body", f"JSON nested deeper than {limits.max_json_depth} levels")
             items = v.items() if isinstance(v, dict) else enumerate(v)
             for k, child in items:
                 if isinstance(k, str):
@@ -64,8 +62,6 @@ def check_value(value: Any, limits: Limits, where: str = "") -> None:
 
 def _check_text(text: str, limits: Limits, path: str) -> None:
     if len(text) > limits.max_string_chars:
-        raise InvalidInput(
-            path or "body", f"a string is longer than {limits.max_string_chars} characters"
-        )
+        raise InvalidInput(path or "body", f"a string is longer than {limits.max_string_chars} characters")
     if "\x00" in text:
         raise InvalidInput(path or "body", "text must not contain NUL (U+0000) characters")

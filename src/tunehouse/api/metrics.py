@@ -26,6 +26,8 @@ from tunehouse.store.db import Database
 from tunehouse.store.models import Run
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Middlewares between the two halves copy the scope; this dict is shared by every copy.
+ROUTE_BOX = "tunehouse.metrics.route"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Not in the global registry: each app's registry takes them (or, with several processes, their files).
@@ -58,7 +60,7 @@ def dialect_of(path: str) -> str:
 
 def route_of(scope: Scope) -> str:
     """The matched route's template (bounded label values); Qianfan V2 adds its Action, if it is one."""
-    route = scope.get("route")
+    route = scope.get("route") or scope.get(ROUTE_BOX, {}).get("route")
     template = getattr(route, "path", None)
     if not isinstance(template, str):
         return "unmatched"
@@ -90,12 +92,28 @@ class RequestMetrics:
                 status = int(message["status"])
             await send(message)
 
+        scope[ROUTE_BOX] = {}
         try:
             await self.app(scope, receive, send_and_see)
         finally:
             dialect, route = dialect_of(scope["path"]), route_of(scope)
             REQUESTS.labels(dialect, route, scope["method"], str(status)).inc()
             LATENCY.labels(dialect, route).observe(time.perf_counter() - started)
+
+
+class RouteNoter:
+    """ASGI middleware innermost of all: hands the route the router matched back to RequestMetrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            box = scope.get(ROUTE_BOX)
+            if box is not None and "route" in scope:
+                box["route"] = scope["route"]
 
 
 def build_registry(db: Database, multiprocess_dir: str | None) -> CollectorRegistry:

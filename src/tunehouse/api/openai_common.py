@@ -18,6 +18,9 @@ from tunehouse.api.envelopes import openai_error, request_id
 from tunehouse.api.limits import echo
 from tunehouse.api.rate_limit import RateLimited, count_request
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
+
+INSUFFICIENT_STORAGE = "insufficient_storage"
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,14 @@ class OpenAIRoute(APIRoute):
                 )
             except ClientDisconnect:
                 raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception:
-                log.exception("OpenAI-dialect request failed")
-                response = openai_error(500, "The server had an error while processing your request.")
+            except Exception as exc:
+                if out_of_space(exc):
+                    log.warning("OpenAI-dialect request failed: no space left on device")
+                    response = openai_error(507, NO_SPACE_MESSAGE, "server_error", code=INSUFFICIENT_STORAGE)
+                else:
+                    log.exception("OpenAI-dialect request failed")
+                    response = openai_error(500, "The server had an error while processing your request.")
                 response.headers["x-should-retry"] = "false"  # a retry of the same request fails the same
-                response.status_code = 500
             response.headers["x-request-id"] = rid
             return response
 

@@ -40,6 +40,7 @@ from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExc
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models
 from tunehouse.core.states import RunState
+from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import File, Run
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,10 @@ def _call(
         return qianfan_v1_error(PARAM_INVALID, e.message)
     except QuotaExceeded as e:
         return qianfan_v1_error(REQUEST_LIMIT, e.message)
-    except Exception:
+    except Exception as exc:
+        if out_of_space(exc):
+            log.warning("Qianfan V1 call failed: no space left on device")
+            return qianfan_v1_error(INTERNAL, NO_SPACE_MESSAGE)
         log.exception("Qianfan V1 call failed")
         return qianfan_v1_error(INTERNAL, "internal error")
     return JSONResponse({"log_id": str(utcnow().timestamp()).replace(".", ""), "result": result})

@@ -41,6 +41,7 @@ from tunehouse.core.ids import strip_prefix
 from tunehouse.core.pagination import Page, marker_page
 from tunehouse.core.registry import base_models
 from tunehouse.core.states import RunState
+from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import Job, Run
 
 log = logging.getLogger(__name__)
@@ -365,7 +366,10 @@ def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any],
         return qianfan_v2_error(409, "InvalidState", e.message, req_id=rid)
     except QuotaExceeded as e:
         return qianfan_v2_error(429, "QuotaLimitExceeded", e.message, req_id=rid)
-    except Exception:
+    except Exception as exc:
+        if out_of_space(exc):
+            log.warning("Qianfan V2 action failed: no space left on device")
+            return qianfan_v2_error(507, "InsufficientStorage", NO_SPACE_MESSAGE, req_id=rid)
         log.exception("Qianfan V2 action failed")
         return qianfan_v2_error(500, "InternalError", "internal error", req_id=rid)
     return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})

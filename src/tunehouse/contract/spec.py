@@ -13,6 +13,7 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_DATA_INVALID = 2
 EXIT_STOPPED = 3
+EXIT_NO_SPACE = 4  # the disk filled up; said in an error event too when there was room to say it
 
 Method = Literal["lora", "full"]
 TrainMode = Literal["sft", "pretrain", "dpo"]
@@ -43,6 +44,8 @@ class RunSpec(BaseModel):
     cache_dir: Path | None = None  # shared tokenization cache; None = tokenize without caching
     # A model without a chat template: render conversations as ChatML (with a warning) or refuse chat data.
     chat_template_fallback: Literal["chatml", "refuse"] = "chatml"
+    # Bytes a checkpoint must leave free on its volume (the server's records may share it).
+    reserve_bytes: int = Field(0, ge=0)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     @property

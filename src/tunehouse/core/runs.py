@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.contract.datasets import formats_for_train_mode
@@ -195,10 +195,23 @@ def runs_query(account_id: int, job_id: int | None = None) -> Select[Any]:
     return q if job_id is None else q.where(Run.job_id == job_id)
 
 
-def get_run(s: Session, account_id: int, key: str | None = None, int_id: int | None = None) -> Run:
-    cond = Run.key == key if key is not None else Run.id == int_id
+def _run_lookup(by: Any) -> Select[Any]:
     # Its job comes in the same query: every rendering needs it, and job_of then finds it in the session.
-    run = s.scalar(runs_query(account_id).where(cond).options(joinedload(Run.job, innerjoin=True)))
+    return (
+        select(Run)
+        .where(Run.account_id == bindparam("account_id"), Run.deleted_at.is_(None), by == bindparam("ident"))
+        .options(joinedload(Run.job, innerjoin=True))
+    )
+
+
+# Built once: constructing the statement cost a polling request about as much as running it.
+_RUN_BY_KEY = _run_lookup(Run.key)
+_RUN_BY_ID = _run_lookup(Run.id)
+
+
+def get_run(s: Session, account_id: int, key: str | None = None, int_id: int | None = None) -> Run:
+    q, ident = (_RUN_BY_KEY, key) if key is not None else (_RUN_BY_ID, int_id)
+    run = s.scalar(q, {"account_id": account_id, "ident": ident})
     if run is None:
         raise NotFound("run", key if key is not None else str(int_id))
     return run
@@ -270,12 +283,16 @@ def delete_run(s: Session, run: Run) -> None:
     run.deleted_at = utcnow()
 
 
+_CHECKPOINT_COUNT = select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == bindparam("run"))
+_CHECKPOINTS = select(Checkpoint).where(Checkpoint.run_id == bindparam("run")).order_by(Checkpoint.step)
+
+
 def checkpoint_count(s: Session, run: Run) -> int:
-    return s.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.run_id == run.id)) or 0
+    return s.scalar(_CHECKPOINT_COUNT, {"run": run.id}) or 0
 
 
 def checkpoints(s: Session, run: Run) -> list[Checkpoint]:
-    return list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step)))
+    return list(s.scalars(_CHECKPOINTS, {"run": run.id}))
 
 
 def job_of(s: Session, run: Run) -> Job:

@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from tunehouse.config import Settings
 from tunehouse.contract.events import tail_events
 from tunehouse.contract.hyperparameters import STEP_DELAY_ENV, Hyperparameters
-from tunehouse.contract.spec import EXIT_STOPPED, InitFrom, RunSpec
+from tunehouse.contract.spec import EXIT_NO_SPACE, EXIT_STOPPED, InitFrom, RunSpec
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import TINY_MODEL
@@ -29,6 +29,7 @@ from tunehouse.core.events import apply_trainer_events, metric_rows, record_even
 from tunehouse.core.files import store_results
 from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
+from tunehouse.core.storage import out_of_space
 from tunehouse.executors.base import Executor, Exit
 from tunehouse.executors.gpus import free_gpus
 from tunehouse.store.db import Database
@@ -74,18 +75,27 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad tick must not end scheduling for every run
-                log.exception("scheduler tick failed")
+            self._guarded("scheduler tick", self.tick)
             self._stop.wait(self.interval)
 
     def tick(self) -> None:
         self._adopt()
         for run_id in self._my_active_runs():
-            self._follow(run_id)
+            # One run's trouble (say, a write its events need that the disk cannot take) must not keep
+            # the others from being followed, nor new work from being claimed.
+            self._guarded(f"following run {run_id}", lambda r=run_id: self._follow(r))
         for run_id in self.claim():
             self.launch(run_id)
+
+    @staticmethod
+    def _guarded(what: str, step: Any) -> None:
+        try:
+            step()
+        except Exception as exc:
+            if out_of_space(exc):  # expected while the disk is full; retried every tick, so no traceback
+                log.warning("%s failed: no space left on device", what)
+            else:
+                log.exception("%s failed", what)
 
     # ---- ownership -------------------------------------------------------------------------------
     def _adopt(self) -> None:
@@ -178,8 +188,10 @@ class Scheduler:
         if said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
-        elif run.state == RunState.PAUSING and not run.stop_requested and (
-            said == "stopped" or code == EXIT_STOPPED or unexplained
+        elif (
+            run.state == RunState.PAUSING
+            and not run.stop_requested
+            and (said == "stopped" or code == EXIT_STOPPED or unexplained)
         ):
             # Even a trainer killed before its first checkpoint pauses: it resumes from the last one it had.
             self._hold(s, run)
@@ -228,6 +240,8 @@ class Scheduler:
         record_event(s, run, "log", {"message": message})
 
     def _crash_reason(self, run: Run, code: int) -> str:
+        if code == EXIT_NO_SPACE:  # the trainer had no room left even to say why
+            return f"no space left on device: the trainer could not write under {run.run_dir}"
         tail = ""
         if run.run_dir:
             err = Path(run.run_dir) / "trainer.stderr.log"
@@ -350,6 +364,7 @@ class Scheduler:
             init_from=InitFrom(path=Path(init["path"]), kind=init["kind"]) if init else None,
             cache_dir=self.settings.home / "cache" / "tokenized",
             chat_template_fallback=base.chat_template_fallback,
+            reserve_bytes=self.settings.min_free_bytes,
             hyperparameters=hp,
         )
         return spec, run_dir

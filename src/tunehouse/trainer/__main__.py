@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -12,8 +13,16 @@ from types import FrameType
 from pydantic import ValidationError
 
 from tunehouse.contract.datasets import DataError, check_files, formats_for_train_mode
-from tunehouse.contract.spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, RunSpec, load_spec
+from tunehouse.contract.spec import (
+    EXIT_DATA_INVALID,
+    EXIT_FAILED,
+    EXIT_NO_SPACE,
+    EXIT_STOPPED,
+    RunSpec,
+    load_spec,
+)
 
+from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
 from .stop import StopFlag
 
@@ -83,15 +92,25 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
         return _fail(events, str(exc), "nan", EXIT_FAILED)
     except DataError as exc:
         return _fail(events, str(exc), "data", EXIT_DATA_INVALID)
+    except OutOfSpace as exc:  # half-written files are already gone; earlier checkpoints are untouched
+        return _fail(events, str(exc), "runtime", EXIT_NO_SPACE)
     except Exception as exc:  # any crash must still reach the server as an error event
+        if disk_full(spec.output_dir, exc):
+            reason = f"no space left on device under {spec.output_dir} ({type(exc).__name__}: {exc})"
+            return _fail(events, reason, "runtime", EXIT_NO_SPACE)
         traceback.print_exc(file=sys.stderr)
         return _fail(events, f"{type(exc).__name__}: {exc}", "runtime", EXIT_FAILED)
 
 
 def _fail(events: EventWriter, reason: str, kind: ErrorKind, code: int) -> int:
-    events.error(reason, kind)
-    events.status("failed")
-    events.close()  # idempotent; the fallback writers have no other owner
+    try:
+        events.error(reason, kind)
+        events.status("failed")
+    except OSError:
+        pass  # no room even for the reason: the exit code still tells the server (EXIT_NO_SPACE)
+    finally:
+        with contextlib.suppress(OSError):
+            events.close()  # idempotent; the fallback writers have no other owner
     return code
 
 

@@ -11,7 +11,7 @@ sees the same examples packed or not; packing only changes the layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from itertools import accumulate
 from typing import Any
 
@@ -39,6 +39,21 @@ class Batch:
     @property
     def tokens(self) -> int:
         return self.real_tokens
+
+    def _map(self, fn: Any) -> Batch:
+        moved = {
+            f.name: fn(getattr(self, f.name))
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked host copies, so that ``to(..., non_blocking=True)`` overlaps with compute."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def model_inputs(self) -> dict[str, Any]:
         # No KV cache: transformers only derives the packed block mask when there is none.
@@ -151,6 +166,37 @@ def collate_varlen(examples: list[Example], device: torch.device | str = "cpu") 
         cu_seq_lens=bounds.to(device),
         max_length=max(lengths),
     )
+
+
+def pad_to_multiple(batch: Batch, multiple: int, pad_id: int) -> Batch:
+    """``batch`` with its rows padded to a length that is a multiple of ``multiple`` (for compiled
+    graphs, which then see a bounded set of shapes). The padding is never a target and never
+    attended to from real tokens: a varlen row gets it as one more sequence, packed rows as a tail
+    whose positions restart, padded rows behind their attention mask."""
+    width = batch.input_ids.size(1)
+    extra = -width % multiple if multiple > 1 else 0
+    if extra == 0:
+        return batch
+    rows = batch.input_ids.size(0)
+
+    def grow(t: torch.Tensor, fill: int | torch.Tensor) -> torch.Tensor:
+        tail = fill.expand(rows, extra) if isinstance(fill, torch.Tensor) else torch.full((rows, extra), fill)
+        return torch.cat([t, tail.to(t.dtype)], dim=1)
+
+    restart = torch.arange(extra)
+    padded = replace(
+        batch,
+        input_ids=grow(batch.input_ids, pad_id),
+        labels=grow(batch.labels, IGNORE_INDEX),
+        attention_mask=None if batch.attention_mask is None else grow(batch.attention_mask, 0),
+        position_ids=None if batch.position_ids is None else grow(batch.position_ids, restart),
+    )
+    if batch.cu_seq_lens is not None:
+        end = torch.tensor([width + extra], dtype=batch.cu_seq_lens.dtype)
+        padded = replace(
+            padded, cu_seq_lens=torch.cat([batch.cu_seq_lens, end]), max_length=max(batch.max_length, extra)
+        )
+    return padded
 
 
 def _fill_row(

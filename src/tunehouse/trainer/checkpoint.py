@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .diskspace import written_whole
+
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
 REFERENCE_FILE = "reference_logps.pt"  # full DPO: the frozen reference's log-probs, computed once
@@ -62,21 +64,22 @@ def save_checkpoint(
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    # save_pretrained writes only the adapter for a PEFT model, so the checkpoint is also a
-    # loadable model/adapter in its own right.
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(asdict(state)), encoding="utf-8")
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    for name, value in (extra or {}).items():
-        torch.save(value, tmp / name)
-    if dest.exists():
-        shutil.rmtree(dest)  # a stale checkpoint of the same step from an earlier, abandoned attempt
-    os.rename(tmp, dest)
+    with written_whole(tmp, dest):
+        tmp.mkdir(parents=True)
+        # save_pretrained writes only the adapter for a PEFT model, so the checkpoint is also a
+        # loadable model/adapter in its own right.
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)), encoding="utf-8")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        for name, value in (extra or {}).items():
+            torch.save(value, tmp / name)
+        if dest.exists():
+            shutil.rmtree(dest)  # a stale checkpoint of the same step from an earlier, abandoned attempt
+        os.rename(tmp, dest)
     return dest
 
 

@@ -27,29 +27,34 @@ from tunehouse.contract.spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec
 
 from .checkpoint import Checkpointer, TrainState, is_checkpoint, is_lora_checkpoint, load_state, restore_rng
 from .dataset import load_items
+from .diskspace import dir_bytes, ensure_room
 from .evaluation import Evaluator
 from .events import EventWriter
-from .forward import Forward
-from .losses import token_loss
+from .forward import Forward, plain_head
+from .losses import token_loss, token_sums
 from .memory import NoGradRetry, with_oom_retry
-from .modeling import base_path, check_init, choose_placement, load_model, save_model, tokenizer_source
+from .modeling import (
+    base_path,
+    check_init,
+    choose_placement,
+    enable_checkpointing,
+    load_model,
+    save_model,
+    tokenizer_source,
+)
 from .objectives import OBJECTIVES, Objective, StepResult
 from .optim import build_optimizer, build_scheduler
+from .planner import plan_for
+from .regional_compile import BUCKET, compile_layers, compile_wanted, decoder_layers
+from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .stop import StopFlag
 from .tensorboard import ScalarWriter
-from .tokenization import prepare_tokenizer
+from .tokenization import Example, prepare_tokenizer
+
+MAX_UNREAD = 32  # steps whose metrics may wait on the device for the logging interval
 
 # Imported from here by the entry point and by tests: the names lived in this module before the split.
 __all__ = ["NonFiniteLoss", "Trainer", "run_training", "token_loss", "with_oom_retry"]
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, what: str, value: float, step: int, learning_rate: float, dtype: torch.dtype) -> None:
-        self.step = step
-        super().__init__(
-            f"{what} became {value} at step {step} (learning_rate={learning_rate:.3g}, "
-            f"dtype={str(dtype).removeprefix('torch.')}); lower the learning rate or check the data"
-        )
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -73,23 +78,28 @@ def _rng_restore(snapshot: tuple[torch.Tensor, list[torch.Tensor] | None, Any]) 
 
 @dataclass
 class Window:
-    """Running sums between two metrics events (or since the session started)."""
+    """Running sums between two metrics events (or since the session started): token counts as
+    each step ends, the device-side metrics once they are read."""
 
     losses: list[float] = field(default_factory=list)
     real_tokens: int = 0
     positions: int = 0
     correct: int = 0
     targets: int = 0
+    grad_norm: float = 0.0  # the latest read step's
     extra: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
-    def add(self, result: StepResult) -> None:
-        self.losses.append(result.loss)
+    def add_tokens(self, result: StepResult) -> None:
         self.real_tokens += result.real_tokens
         self.positions += result.positions
-        self.correct += result.correct
-        self.targets += result.targets
-        for key, value in result.extra.items():
+
+    def add_metrics(self, metrics: StepMetrics) -> None:
+        self.losses.append(metrics.loss)
+        self.correct += metrics.correct
+        self.targets += metrics.targets
+        self.grad_norm = metrics.grad_norm
+        for key, value in metrics.extra.items():
             self.extra.setdefault(key, []).append(value)
 
     @property
@@ -108,9 +118,11 @@ class Trainer:
         self.stop = stop
         self.place = choose_placement(spec)
         self.objective_type = OBJECTIVES[spec.train_mode]
+        self.checkpoint_bytes = 0  # size of the last checkpoint written
         self.micro = self.hp.batch_size
         self.no_grad = NoGradRetry(events.log)  # evaluation and reference passes share its micro-batch
         self.per_step = self.hp.batch_size * self.hp.gradient_accumulation_steps
+        self.checkpointing = self.hp.gradient_checkpointing  # or the memory planner turns it on
         self.train_items: list[Any] = []  # Examples, or Pairs for DPO
         self.eval_items: list[Any] = []
         self.last_eval: dict[str, float] = {}
@@ -151,16 +163,39 @@ class Trainer:
         random.seed(hp.seed)
         torch.manual_seed(hp.seed)
         model, varlen = load_model(spec, self.place, resume, events.log)
-        forward = Forward(
+        plan = plan_for(
+            model,
             self.place.device,
-            self.place.autocast,
-            spec.packing,
-            varlen,
-            tokenizer.pad_token_id,
+            self.place.state_bytes,
             hp.max_seq_len,
+            self.micro,
+            self.per_step,
+            hp.gradient_checkpointing,
         )
+        events.log(plan.line)
+        if plan.checkpointing and not self.checkpointing:
+            enable_checkpointing(model)
+            self.checkpointing = True
+        self.micro = plan.micro
+
+        linear_head = plain_head(model, self.place.device)
+
+        def make_forward(bucket: int) -> Forward:
+            return Forward(
+                self.place.device,
+                self.place.autocast,
+                spec.packing,
+                varlen,
+                tokenizer.pad_token_id,
+                hp.max_seq_len,
+                bucket=bucket,
+                linear_head=linear_head,
+            )
+
+        bucket = self._compile(model, make_forward(0))
+        forward = make_forward(bucket)
         objective = self.objective_type.create(spec, forward)
-        optimizer = build_optimizer(model, hp, self.place.device)
+        optimizer = build_optimizer(model, hp, self.place.device, events.log)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
         scheduler = build_scheduler(optimizer, hp, total_steps)
@@ -230,7 +265,9 @@ class Trainer:
             f"steps: {total_steps} of {self.per_step} example(s) each, micro-batch {self.micro}, "
             f"gradient accumulation {math.ceil(self.per_step / self.micro)}, "
             f"packing {'on' if spec.packing else 'off'}, gradient checkpointing "
-            f"{'on' if hp.gradient_checkpointing else 'off'}" + objective.describe()
+            f"{'on' if self.checkpointing else 'off'}, loss from "
+            + ("labelled hidden states (linear_ce)" if objective.forward.linear_head else "full logits")
+            + objective.describe()
         )
         model.train()
         saved_step = state.step if resume is not None else -1
@@ -238,12 +275,22 @@ class Trainer:
         session = Window()
         window = Window()
         session_steps = 0
+        pending = Pending(self.place.load_dtype)
+
+        def settle() -> None:
+            """Read the steps' device-side metrics (failing on a non-finite one) into the sums."""
+            nonlocal window
+            for read in pending.read():
+                window.add_metrics(read)
+                since_ckpt.append(read.loss)
+
         evaluator = Evaluator(objective, self.eval_items, self.no_grad)
         checkpointer = Checkpointer(
             spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler
         )
 
         def run_eval() -> None:
+            settle()  # never evaluate (or save) weights a non-finite step produced
             self.last_eval = evaluator.evaluate(model, self.micro)
             self.last_eval_step = state.step
             events.emit("metrics", {"step": state.step, **self.last_eval})
@@ -251,12 +298,17 @@ class Trainer:
 
         def checkpoint(evaluate_first: bool = True) -> None:
             nonlocal saved_step
+            settle()
             # A fresh evaluation makes "best" mean these weights, not some earlier step's.
             if evaluate_first and self.eval_items and self.last_eval_step != state.step:
                 run_eval()
             metrics = {"train_loss": sum(since_ckpt) / len(since_ckpt)} if since_ckpt else {}
             metrics.update(self.last_eval)
+            checkpointer.root.mkdir(parents=True, exist_ok=True)
+            # Refuse to start a checkpoint the volume cannot hold while keeping the reserve free.
+            ensure_room(checkpointer.root / f"step-{state.step}", self.checkpoint_bytes, spec.reserve_bytes)
             path, best = checkpointer.save(state, metrics, objective.checkpoint_files())
+            self.checkpoint_bytes = dir_bytes(path)  # what the next one will need, about
             payload = {"step": state.step, "path": str(path), "metrics": metrics, "best": best}
             events.emit("checkpoint", payload)
             for step, gone in checkpointer.rotate(upto=state.step):
@@ -268,6 +320,10 @@ class Trainer:
             indices = state.order[state.batch_index * self.per_step : (state.batch_index + 1) * self.per_step]
             items = [self.train_items[i] for i in indices]
             lr = scheduler.get_last_lr()[0]
+            objective.prefetch(items, self.micro)
+            if state.batch_index + 1 < steps_per_epoch:  # the next epoch's order is drawn later
+                following = state.order[(state.batch_index + 1) * self.per_step :][: self.per_step]
+                objective.prefetch([self.train_items[i] for i in following], self.micro)
             result, grad_norm = self.train_step(
                 model, objective, optimizer, scheduler, items, indices, state.step + 1
             )
@@ -286,9 +342,11 @@ class Trainer:
                     else []
                 )
             session_steps += 1
-            session.add(result)
-            window.add(result)
-            since_ckpt.append(result.loss)
+            session.add_tokens(result)
+            window.add_tokens(result)
+            pending.add(state.step, lr, result, grad_norm)
+            if len(pending) >= MAX_UNREAD:
+                settle()  # a non-finite loss fails the run within this many steps, whatever the interval
 
             elapsed = max(time.monotonic() - session.started, 1e-9)
             events.emit(
@@ -306,10 +364,11 @@ class Trainer:
             )
             last = state.step == total_steps
             if state.step % max(1, hp.logging_steps) == 0 or last:
+                settle()
                 metrics = {
                     "train_loss": sum(window.losses) / len(window.losses),
                     "learning_rate": lr,
-                    "grad_norm": grad_norm,
+                    "grad_norm": window.grad_norm,
                     "tokens_per_second": window.tokens_per_second(),
                     "padding_share": window.padding_share,
                     "train_token_accuracy": window.correct / max(1, window.targets),
@@ -329,11 +388,13 @@ class Trainer:
                 break
             self._sleep(hp.step_delay)
             if self.stop.requested:
+                settle()
                 if saved_step != state.step:
                     checkpoint(evaluate_first=False)  # stop promptly: no extra evaluation pass
                 events.status("stopped")
                 return EXIT_STOPPED
 
+        settle()
         if saved_step != state.step:
             checkpoint()
         events.emit("model", save_model(spec, model, tokenizer, state.trained_tokens))
@@ -349,9 +410,9 @@ class Trainer:
         items: list[Any],
         indices: list[int],
         step_number: int,
-    ) -> tuple[StepResult, float]:
-        """One optimizer step over ``items`` (micro-batched, packed, OOM-retried); (result, grad norm)."""
-        lr = scheduler.get_last_lr()[0]
+    ) -> tuple[StepResult, torch.Tensor]:
+        """One optimizer step over ``items`` (micro-batched, packed, OOM-retried); (result, grad norm),
+        both left on the device: nothing here waits for it (the loop reads them, see step_metrics.py)."""
         snapshot = _rng_snapshot()
 
         def attempt(micro: int) -> StepResult:
@@ -369,18 +430,41 @@ class Trainer:
             )
 
         result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
-        dtype = self.place.load_dtype
-        if not math.isfinite(result.loss):
-            raise NonFiniteLoss("loss", result.loss, step_number, lr, dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLoss("gradient norm", grad_norm, step_number, lr, dtype)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return result, grad_norm
+
+    def _compile(self, model: Any, forward: Forward) -> int:
+        """Compile the decoder layers when wanted (regional_compile.py); returns the length bucket
+        batches must be padded to, 0 when the layers stay eager."""
+        wanted, why = compile_wanted(self.place.device.type)
+        if not wanted:
+            return 0
+        layers = decoder_layers(model)
+        if not layers:
+            self.events.log(f"compile: no decoder layers found, training eager ({why})")
+            return 0
+        n = min(BUCKET, self.hp.max_seq_len)
+        pad = forward.pad_id
+
+        def warm_up() -> None:
+            batch = forward.batch([Example([pad] * n, [pad] * n)])
+            loss_sum, _, _ = token_sums(forward.logits(model, batch), batch.labels)
+            loss_sum.backward()
+
+        error = compile_layers(model, layers, warm_up)
+        if error is not None:
+            self.events.log(f"compile: failed, training eager ({error})")
+            return 0
+        self.events.log(
+            f"compile: {len(layers)} decoder layers compiled ({why}), "
+            f"row lengths padded to multiples of {BUCKET}"
+        )
+        return BUCKET
 
     def _sleep(self, seconds: float) -> None:
         # Short naps so a SIGTERM during a long step_delay is noticed within a fraction of a second.

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from .tokenization import IGNORE_INDEX
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(summed cross-entropy, labelled token count, correctly predicted count) for next-token targets."""
+def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, labelled token count, correctly predicted count) for next-token targets,
+    all as device tensors: reading them would make the host wait for the device."""
     logits = logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
@@ -17,7 +18,13 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     correct = ((logits.argmax(-1) == targets) & mask).sum()
-    return loss_sum, int(mask.sum()), int(correct)
+    return loss_sum, mask.sum(), correct
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """``token_sums`` with the counts read back as ints."""
+    loss_sum, n, correct = token_sums(logits, labels)
+    return loss_sum, int(n), int(correct)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch
 from tunehouse.contract.spec import RunSpec
 
 from .attention import choose_attention, is_varlen
+from .diskspace import written_whole
+from .precision import choose_precision
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,14 @@ class Placement:
     device: torch.device
     load_dtype: torch.dtype
     autocast: bool  # bf16 autocast around forward passes
+    state_bytes: int  # per trainable parameter: weight, gradient, optimizer state
 
 
 def choose_placement(spec: RunSpec) -> Placement:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    # Frozen LoRA base weights can live in bf16; full fine-tuning keeps fp32 master weights and
-    # gets bf16 speed from autocast instead.
-    load_dtype = torch.bfloat16 if use_bf16 and spec.method == "lora" else torch.float32
-    return Placement(device, load_dtype, use_bf16)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    precision = choose_precision(device.type, bf16, spec.method)  # the scheme: see precision.py
+    return Placement(device, precision.load_dtype, precision.autocast, precision.state_bytes)
 
 
 def base_path(spec: RunSpec) -> Path:
@@ -99,12 +100,7 @@ def load_model(
     if init is not None and init.kind == "full" and resume is None:
         log(f"init_from: starting from the full weights in {init.path}")
     if hp.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model)
     model.to(place.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -117,6 +113,17 @@ def load_model(
         f"{trainable:,} of {total:,} parameters trainable"
     )
     return model, varlen
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing per decoder layer: transformers wraps each layer, so only the layers'
+    inputs are kept and a layer's activations are recomputed during its backward."""
+    # Non-reentrant checkpointing needs no input grads, so it works under frozen LoRA bases too.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def save_model(spec: RunSpec, model: Any, tokenizer: Any, trained_tokens: int) -> dict[str, Any]:
@@ -140,9 +147,10 @@ def _save_atomically(final: Path, model: Any, tokenizer: Any) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with written_whole(tmp, final):  # a full disk leaves no half-written model behind, and says so
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
     return final

@@ -14,7 +14,7 @@ from tunehouse.contract.spec import RunSpec
 from .checkpoint import REFERENCE_FILE
 from .evaluation import EvalSums
 from .forward import Forward
-from .losses import dpo_loss, token_loss
+from .losses import dpo_loss
 from .memory import NoGradRetry
 from .tokenization import Example, Pair
 
@@ -27,17 +27,17 @@ def chunks(items: list[T], size: int) -> list[list[T]]:
 
 @dataclass
 class StepResult:
-    loss_sum: float = 0.0  # summed token loss (sft) or summed pair loss (dpo)
+    """What one step adds up. The sums that depend on the model stay on the device (0-d tensors,
+    float64 so they add up as exactly as host floats did) and the loop reads them once per logging
+    interval; waiting for them in the step would stall the host behind the device."""
+
+    loss_sum: torch.Tensor | float = 0.0  # summed token loss (sft) or summed pair loss (dpo)
     units: int = 0  # target tokens (sft) or pairs (dpo) the loss is averaged over
     real_tokens: int = 0
     positions: int = 0
-    correct: int = 0
-    targets: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(1, self.units)
+    correct: torch.Tensor | int = 0
+    targets: torch.Tensor | int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # per-step means, on the device
 
 
 class Objective:
@@ -69,6 +69,10 @@ class Objective:
         """Extra files (name -> object for torch.save) that a checkpoint of this objective needs."""
         return None
 
+    def prefetch(self, items: list[Any], micro: int) -> None:
+        """Start collating the batches a step over ``items`` will run (see prefetch.py)."""
+        self.forward.prefetch(chunks(items, micro))
+
     def step(self, model: Any, items: list[Any], indices: list[int], micro: int) -> StepResult:
         raise NotImplementedError
 
@@ -90,9 +94,9 @@ class SftObjective(Objective):
         result = StepResult(units=sum(e.targets for e in items))
         for chunk in chunks(items, micro):
             batch = self.forward.batch(chunk)
-            loss_sum, n, correct = token_loss(self.forward.logits(model, batch), batch.labels)
+            loss_sum, n, correct = self.forward.token_sums(model, batch)
             (loss_sum / max(1, result.units)).backward()
-            result.loss_sum += float(loss_sum.detach())
+            result.loss_sum += loss_sum.detach().double()
             result.targets += n
             result.correct += correct
             result.real_tokens += batch.real_tokens
@@ -101,11 +105,11 @@ class SftObjective(Objective):
 
     def eval_chunk(self, model: Any, chunk: list[Example], indices: list[int], sums: EvalSums) -> None:
         batch = self.forward.batch(chunk)
-        batch_loss, n, ok = token_loss(self.forward.logits(model, batch), batch.labels)
+        batch_loss, n, ok = self.forward.token_sums(model, batch)
         sums.loss_sum += float(batch_loss)
-        sums.units += n
-        sums.tokens += n
-        sums.correct += ok
+        sums.units += int(n)
+        sums.tokens += int(n)
+        sums.correct += int(ok)
 
 
 class PretrainObjective(SftObjective):
@@ -167,7 +171,7 @@ class DpoObjective(Objective):
         for split, items in splits.items():
             rows = []
             for chunk in chunks(items, micro):
-                chosen, rejected, _, _ = self.forward.pair_logps(model, chunk)
+                chosen, rejected, *_ = self.forward.pair_logps(model, chunk)
                 rows.append(torch.stack([chosen, rejected], dim=1).float().cpu())
             out[split] = torch.cat(rows) if rows else torch.zeros((0, 2))
         model.train()
@@ -178,41 +182,45 @@ class DpoObjective(Objective):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference_mode == "adapter_off":
             with torch.no_grad(), model.disable_adapter():
-                chosen, rejected, _, _ = self.forward.pair_logps(model, pairs)
+                chosen, rejected, *_ = self.forward.pair_logps(model, pairs)
             return chosen, rejected
         ref = self.reference[split][indices].to(self.forward.device)
         return ref[:, 0], ref[:, 1]
 
+    def prefetch(self, items: list[Pair], micro: int) -> None:
+        self.forward.prefetch([self.forward.pair_examples(c) for c in chunks(items, micro)], pack=False)
+
     def step(self, model: Any, items: list[Pair], indices: list[int], micro: int) -> StepResult:
         result = StepResult(units=len(items))
-        margins, wins = [], 0
+        margin_sum: torch.Tensor | float = 0.0
+        wins: torch.Tensor | int = 0
         for chunk, chunk_idx in zip(chunks(items, micro), chunks(indices, micro), strict=True):
             ref_chosen, ref_rejected = self._reference_logps(model, chunk, "train", chunk_idx)
-            chosen, rejected, batch, logits = self.forward.pair_logps(model, chunk)
+            chosen, rejected, batch, n, correct = self.forward.pair_logps(model, chunk)
             losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
             (losses.sum() / len(items)).backward()
-            result.loss_sum += float(losses.detach().sum())
-            margins += margin.detach().float().tolist()
-            wins += int((margin > 0).sum())
-            k = len(chunk)
-            _, n, correct = token_loss(logits[:k].detach(), batch.labels[:k])
+            result.loss_sum += losses.detach().double().sum()
+            margin_sum += margin.detach().double().sum()
+            wins += (margin.detach() > 0).sum()
             result.targets += n
             result.correct += correct
             result.real_tokens += batch.real_tokens
             result.positions += batch.positions
-        result.extra = {"reward_accuracy": wins / len(items), "reward_margin": sum(margins) / len(margins)}
+        result.extra = {
+            "reward_accuracy": torch.as_tensor(wins, dtype=torch.float64) / len(items),
+            "reward_margin": torch.as_tensor(margin_sum, dtype=torch.float64) / len(items),
+        }
         return result
 
     def eval_chunk(self, model: Any, chunk: list[Pair], indices: list[int], sums: EvalSums) -> None:
         ref_chosen, ref_rejected = self._reference_logps(model, chunk, "eval", indices)
-        chosen, rejected, batch, logits = self.forward.pair_logps(model, chunk)
+        chosen, rejected, batch, n, ok = self.forward.pair_logps(model, chunk)
         losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
         sums.loss_sum += float(losses.sum())
         sums.units += len(chunk)
         sums.values.setdefault("margin", []).extend(margin.float().tolist())
-        _, n, ok = token_loss(logits[: len(chunk)], batch.labels[: len(chunk)])
-        sums.tokens += n
-        sums.correct += ok
+        sums.tokens += int(n)
+        sums.correct += int(ok)
 
     def eval_metrics(self, sums: EvalSums) -> dict[str, float]:
         metrics = super().eval_metrics(sums)

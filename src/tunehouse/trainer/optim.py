@@ -10,8 +10,14 @@ import torch
 
 from tunehouse.contract.hyperparameters import Hyperparameters
 
+from .precision import Bf16AdamW, adamw_8bit
 
-def build_optimizer(model: Any, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
+
+def build_optimizer(
+    model: Any, hp: Hyperparameters, device: torch.device, log: Callable[[str], None] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW: bitsandbytes' 8-bit one when asked for and available, ``Bf16AdamW`` (fp32 moments) for
+    bf16 trainable weights, else torch's (fused on CUDA). See precision.py for the scheme."""
     # The usual convention: no weight decay on biases and norm scales (1-D tensors).
     decay, no_decay = [], []
     for _, param in model.named_parameters():
@@ -21,8 +27,20 @@ def build_optimizer(model: Any, hp: Hyperparameters, device: torch.device) -> to
         {"params": decay, "weight_decay": hp.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.learning_rate, fused=fused)
+    groups = [g for g in groups if g["params"]]
+    eight_bit = adamw_8bit() if device.type == "cuda" else None
+    if eight_bit is not None:
+        optimizer: torch.optim.Optimizer = eight_bit(groups, lr=hp.learning_rate)
+        kind = "8-bit AdamW (bitsandbytes)"
+    elif any(p.dtype != torch.float32 for g in groups for p in g["params"]):
+        optimizer = Bf16AdamW(groups, lr=hp.learning_rate)
+        kind = "AdamW with fp32 moments, bf16 weights updated with stochastic rounding"
+    else:
+        fused = device.type == "cuda"
+        optimizer, kind = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused), "AdamW, fp32"
+    if log is not None:
+        log(f"optimizer: {kind}")
+    return optimizer
 
 
 def lr_factor(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
