@@ -326,7 +326,12 @@ def test_a_client_that_disconnects_mid_body_is_logged_at_debug_only(
     }
     head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(head.encode() + b'{"model": "tunehouse-tiny", ')  # and then the client is gone
+        # The start of a well-formed body of its kind, so the one thing wrong is that the client is gone.
+        if content_type.startswith("multipart/"):
+            body = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{"text": '
+        else:
+            body = b'{"model": "tunehouse-tiny", '
+        sock.sendall(head.encode() + body)  # and then the client is gone
 
     def logged() -> list[dict[str, Any]]:
         with open(log, "rb") as f:
