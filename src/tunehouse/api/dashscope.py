@@ -576,7 +576,7 @@ def list_fine_tunes(
 def get_fine_tune(
     job_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(ds_caller)
 ) -> JSONResponse:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # it writes nothing: no transaction
         return _output(render_job(s, _run(s, caller, job_id), caller))
 
 

@@ -498,7 +498,7 @@ def list_jobs(
 def retrieve_job(
     job_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(caller_dep)
 ) -> JSONResponse:
-    with ctx.db.session() as s:
+    with ctx.db.read_session() as s:  # it writes nothing: no transaction
         return JSONResponse(render_job(s, _run(s, caller, job_id), caller))
 
 

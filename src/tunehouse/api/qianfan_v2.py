@@ -350,9 +350,14 @@ def _invalid(rid: str, field: str, message: str) -> JSONResponse:
     return qianfan_v2_error(400, "InvalidParameter", f"param[{field}] invalid: {message}", req_id=rid)
 
 
+# The status call clients poll: it writes nothing, so it needs no transaction.
+READ_ONLY: frozenset[Handler] = frozenset({describe_task})
+
+
 def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any], rid: str) -> JSONResponse:
     try:
-        with ctx.db.session() as s:
+        opened = ctx.db.read_session() if handler in READ_ONLY else ctx.db.session()
+        with opened as s:
             result = handler(s, ctx, account, body)
     except ValidationError as e:
         err = e.errors()[0]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunehouse.store.text_guard import refuse_nul_text
@@ -36,7 +37,38 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A connection back in the pool for longer than this is pinged before reuse. One reused sooner was just
+# working: pinging it on every checkout (pool_pre_ping) cost a round trip per request.
+IDLE_PING_S = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling, as pool_pre_ping does it, but only for connections left idle: after
+    a PostgreSQL restart a dead one is replaced before use, and the first disconnect seen on a busy one
+    invalidates the whole pool (SQLAlchemy's default), so only requests already in flight see it."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        since = record.info.get("checked_in")
+        if since is not None and time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            if not dbapi_conn.autocommit:
+                dbapi_conn.rollback()  # end the transaction the ping began, as a checked-in one has none
+        except Exception as e:
+            # The pool discards this connection and checks out another (a fresh one if need be).
+            raise exc.DisconnectionError() from e
 
 
 def migrate(engine: Engine) -> None:
@@ -63,6 +95,12 @@ class Database:
         self.engine = make_engine(url)
         refuse_nul_text(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL's READ COMMITTED gives each statement its own snapshot anyway: a read-only request
+        # loses nothing in autocommit, and saves the BEGIN and COMMIT round trips.
+        reads = self.engine
+        if self.is_postgres:
+            reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read_sessions = sessionmaker(reads, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
@@ -75,6 +113,12 @@ class Database:
     def session(self) -> Iterator[Session]:
         """One unit of work: commits on success, rolls back on error."""
         with self._sessions() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """For requests that only read (the status calls clients poll): no transaction on PostgreSQL."""
+        with self._read_sessions() as s:
             yield s
 
     def dispose(self) -> None:
