@@ -30,6 +30,7 @@ Documented treatments:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +47,7 @@ CHATML_TEMPLATE = (
 )
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 # Private-use characters: no template trims them, splits on them or finds them in real text.
 _SENTINELS = ("\ue000\ue001", "\ue002\ue003")
@@ -136,7 +138,7 @@ def profile_template(
     strips = _PROBE_REASONING not in _render(tokenizer, [user, inline])
     stops = stop_token_ids(tokenizer, generation_eos) | _end_of_turn_tokens(tokenizer, user)
     return TemplateProfile(
-        generation_markers="generation" in template and _has_generation_tag(template),
+        generation_markers=_GENERATION_TAG.search(template) is not None,
         system=system,  # type: ignore[arg-type]
         reasoning_field=reasoning_field,
         strips_reasoning=strips,
@@ -161,12 +163,6 @@ def _end_of_turn_tokens(tokenizer: Any, user: dict[str, str]) -> set[int]:
     )
     after = next((i for i, (a, b) in zip(ids, offsets, strict=True) if a >= end and b > a), None)
     return {after} if after is not None and after in special else set()
-
-
-def _has_generation_tag(template: str) -> bool:
-    import re
-
-    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
 
 
 def _inline(reasoning: str, content: str) -> str:
