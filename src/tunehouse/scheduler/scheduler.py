@@ -198,12 +198,14 @@ class Scheduler:
         ):
             # Even a trainer killed before its first checkpoint pauses: it resumes from the last one it had.
             self._hold(s, run)
-        elif said == "stopped" or (run.stop_requested and (code is not None or unexplained)):
+        elif run.stop_requested and (said == "stopped" or code is not None or unexplained):
             run_svc.move(s, run, RunState.STOPPED)
         elif said == "failed":
             run_svc.move(s, run, RunState.FAILED, error=run.error or "the trainer reported a failure")
-        elif code == EXIT_STOPPED:
-            run_svc.move(s, run, RunState.STOPPED)
+        elif said == "stopped" or code == EXIT_STOPPED:
+            # A signal nobody here sent (the machine shutting down, an operator): the run was interrupted,
+            # not ended, and resumes from the checkpoint the trainer saved on its way out.
+            self._recover(s, run, "stopped without being asked")
         elif unexplained:
             self._recover(s, run, "lost" if code is None else f"exited with code {code}")
         else:

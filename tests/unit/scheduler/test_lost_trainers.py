@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from tests.unit.scheduler.conftest import Node
 from tests.unit.scheduler.fakes import KILLED
+from tunehouse.contract.spec import EXIT_STOPPED
 from tunehouse.core.states import RunState
 
 
@@ -73,3 +74,32 @@ def test_a_run_claimed_but_not_launched_before_a_crash_is_launched_after_the_res
     run = node.run(rid)
     assert (run.state, run.losses, run.attempts) == (RunState.RUNNING, 1, 2)
     assert len(node.host.alive()) == 1
+
+
+def test_a_trainer_stopped_by_a_signal_nobody_here_sent_is_resumed_from_the_checkpoint_it_saved(
+    node: Node,
+) -> None:
+    # The machine shutting down, say: its SIGTERM reaches the trainer, which checkpoints and says stopped.
+    rid = node.create()
+    first = node.started(rid)
+
+    first.honour_stop(step=7)
+    node.tick()
+
+    run = node.run(rid)
+    assert (run.state, run.losses, run.attempts) == (RunState.RUNNING, 1, 2)
+    assert str(node.trainer(rid).spec.resume_from) == first.checkpoint_path(7)
+    assert node.logs(rid)[-1] == (
+        "trainer process stopped without being asked; requeued to resume from checkpoint step 7 (loss 1 of 3)"
+    )
+
+
+def test_a_trainer_that_exits_as_stopped_without_a_word_or_a_request_is_resumed(node: Node) -> None:
+    rid = node.create()
+    node.tick()
+
+    node.trainer(rid).exit(EXIT_STOPPED)
+    node.tick()
+
+    run = node.run(rid)
+    assert (run.state, run.losses, run.attempts) == (RunState.RUNNING, 1, 2)
