@@ -133,7 +133,9 @@ class FakeExecutor:
         self.host = host
         self._children: set[int] = set()
         self.refuse_start: str | None = None  # set to make start() fail with this reason
-        self.broken_polls: set[int] = set()  # pids whose poll raises, as a flaky executor's might
+        self.poll_errors: dict[
+            int, Exception
+        ] = {}  # pid -> what polling it raises, as a flaky executor's might
 
     def start(self, run_key: str, spec_path: Path, run_dir: Path, gpu: str | None = None) -> dict[str, Any]:
         if self.refuse_start is not None:
@@ -144,8 +146,8 @@ class FakeExecutor:
 
     def poll(self, handle: dict[str, Any]) -> Exit | None:
         pid = int(handle.get("pid", 0))
-        if pid in self.broken_polls:
-            raise RuntimeError(f"cannot poll pid {pid}")
+        if pid in self.poll_errors:
+            raise self.poll_errors[pid]
         trainer = self.host.processes.get(pid)
         if pid in self._children and trainer is not None:
             if trainer.alive:

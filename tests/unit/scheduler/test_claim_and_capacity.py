@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
+
+import pytest
 
 from tests.unit.scheduler.conftest import Node
 from tests.unit.scheduler.fakes import SIGTERM
@@ -154,7 +157,7 @@ def test_one_runs_trouble_keeps_neither_the_others_nor_new_work_waiting(
     node = make_node(max_running=3)
     broken, healthy = node.create(), node.create()
     node.tick()
-    node.executor.broken_polls.add(node.trainer(broken).pid)
+    node.executor.poll_errors[node.trainer(broken).pid] = RuntimeError("cannot poll")
     node.trainer(healthy).succeed()
     later = node.create()
 
@@ -164,3 +167,20 @@ def test_one_runs_trouble_keeps_neither_the_others_nor_new_work_waiting(
     assert node.run(healthy).state == RunState.SUCCEEDED
     assert node.run(later).state == RunState.RUNNING
     assert node.run(broken).lease_expires_at == node.clock.now + LEASE, "and it is still held"
+
+
+def test_a_full_disk_while_following_a_run_is_a_warning_and_retried_on_the_next_tick(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    rid = node.create()
+    trainer = node.started(rid)
+    node.executor.poll_errors[trainer.pid] = OSError(errno.ENOSPC, "No space left on device")
+    trainer.succeed()
+
+    node.tick()
+    assert node.run(rid).state == RunState.RUNNING
+    assert [(r.levelname, r.exc_info) for r in caplog.records] == [("WARNING", None)], "no traceback"
+
+    del node.executor.poll_errors[trainer.pid]
+    node.tick()
+    assert node.run(rid).state == RunState.SUCCEEDED
