@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,8 @@ class Exit:
     code: int | None
 
 
+# Runtime-checkable so that a test can hold any executor (a fake one too) to this interface.
+@runtime_checkable
 class Executor(Protocol):
     name: str
 

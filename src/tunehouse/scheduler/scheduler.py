@@ -10,8 +10,8 @@ import logging
 import os
 import socket
 import threading
-import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,15 @@ class Scheduler:
         executor: Executor,
         owner: str | None = None,
         interval: float = 0.3,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.settings = settings
         self.executor = executor
         self.owner = owner or node_id()
         self.interval = interval
+        # Every lease and stop deadline is decided on this clock (aware UTC), so tests can move time on.
+        self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,7 +103,7 @@ class Scheduler:
     # ---- ownership -------------------------------------------------------------------------------
     def _adopt(self) -> None:
         """Take over active runs whose lease lapsed (their node died) and renew our own leases."""
-        now = utcnow()
+        now = self.clock()
         with self.db.session() as s:
             s.execute(
                 update(Run)
@@ -167,7 +170,7 @@ class Scheduler:
         """
         if not (run.stop_requested or run.state == RunState.PAUSING):
             return
-        now = time.time()
+        now = self.clock().timestamp()
         asked = float(run.handle.get("stop_asked_at") or now)
         sent = run.handle.get("stop_sent_at")
         if sent is None and run.handle.get("trainer_state") is not None:
@@ -195,12 +198,14 @@ class Scheduler:
         ):
             # Even a trainer killed before its first checkpoint pauses: it resumes from the last one it had.
             self._hold(s, run)
-        elif said == "stopped" or (run.stop_requested and (code is not None or unexplained)):
+        elif run.stop_requested and (said == "stopped" or code is not None or unexplained):
             run_svc.move(s, run, RunState.STOPPED)
         elif said == "failed":
             run_svc.move(s, run, RunState.FAILED, error=run.error or "the trainer reported a failure")
-        elif code == EXIT_STOPPED:
-            run_svc.move(s, run, RunState.STOPPED)
+        elif said == "stopped" or code == EXIT_STOPPED:
+            # A signal nobody here sent (the machine shutting down, an operator): the run was interrupted,
+            # not ended, and resumes from the checkpoint the trainer saved on its way out.
+            self._recover(s, run, "stopped without being asked")
         elif unexplained:
             self._recover(s, run, "lost" if code is None else f"exited with code {code}")
         else:
@@ -286,7 +291,7 @@ class Scheduler:
                 q = q.with_for_update(skip_locked=True)
             candidates = list(s.scalars(q))
             claimed: list[int] = []
-            now = utcnow()
+            now = self.clock()
             for rid in candidates:
                 # The GPU is part of the claim, so a restart before launch cannot hand it out twice.
                 handle = {"gpu": gpus[len(claimed)]} if self.settings.gpus else {}
