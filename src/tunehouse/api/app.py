@@ -16,18 +16,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunehouse.api.bearer_auth import BearerFailure
 from tunehouse.api.console import routes as console
 from tunehouse.api.context import AppContext
 from tunehouse.api.dashscope import routes as dashscope
 from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
-from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, build_registry
 from tunehouse.api.openai import files as openai_files
 from tunehouse.api.openai import fine_tuning as openai_fine_tuning
 from tunehouse.api.openapi import build_openapi
+from tunehouse.api.qianfan import errors as qianfan_errors
 from tunehouse.api.qianfan import v1 as qianfan_v1
 from tunehouse.api.qianfan import v2 as qianfan_v2
 from tunehouse.api.qianfan.signing import AuthFailure
@@ -102,12 +101,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
 
     @app.exception_handler(AuthFailure)
     async def _bce_failure(request: Request, exc: AuthFailure) -> JSONResponse:
-        # V1 and V2 alike: the SDK raises on any 401/403, and the header message drives its hints.
-        return qianfan_v2_error(exc.status, exc.code, exc.message, exc.header_message)
-
-    @app.exception_handler(BearerFailure)
-    async def _bearer_failure(request: Request, exc: BearerFailure) -> JSONResponse:
-        return openai_error(401, exc.message, code="invalid_api_key")
+        return qianfan_errors.auth_failure(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _no_route(request: Request, exc: StarletteHTTPException) -> Response:

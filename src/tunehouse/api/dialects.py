@@ -1,14 +1,17 @@
 """Which dialect a path belongs to, and that dialect's answer for failures no route of its own handles
-(unknown paths, wrong methods, over-limit bodies, malformed input, rate limits)."""
+(unknown paths, wrong methods, over-limit bodies, malformed input, rate limits). Each answer is built by the
+dialect's own error mapping (its package's errors module)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
 
 from fastapi.responses import Response
 
-from tunehouse.api.envelopes import bounded, ds_error, openai_error, qianfan_v1_error, qianfan_v2_error
+from tunehouse.api.dashscope import errors as dashscope_errors
+from tunehouse.api.envelopes import KIND_STATUS, Kind, bounded
+from tunehouse.api.openai import errors as openai_errors
+from tunehouse.api.qianfan import errors as qianfan_errors
 
 
 class Dialect(StrEnum):
@@ -36,51 +39,6 @@ def dialect_of(path: str) -> Dialect:
     return Dialect.OTHER
 
 
-Kind = Literal["invalid", "not_found", "method", "too_large", "rate_limited", "internal"]
-_STATUS: dict[str, int] = {
-    "invalid": 400,
-    "not_found": 404,
-    "method": 405,
-    "too_large": 413,
-    "rate_limited": 429,
-    "internal": 500,
-}
-_QIANFAN_V2 = {
-    "invalid": "InvalidParameter",
-    "not_found": "ResourceNotFound",
-    "method": "MethodNotAllowed",
-    "too_large": "RequestEntityTooLarge",
-    "rate_limited": "RequestLimitExceeded",
-    "internal": "InternalError",
-}
-# V1 errors are HTTP 200 with error_code (the SDK raises on that); 18 is its QPS limit, 336000 its
-# generic "invalid argument" for a request it cannot route.
-_QIANFAN_V1 = {
-    "invalid": 500001,
-    "not_found": 500002,
-    "method": 500002,
-    "too_large": 500001,
-    "rate_limited": 18,
-    "internal": 500000,
-}
-_DASHSCOPE = {
-    "invalid": "InvalidParameter",
-    "not_found": "NotFound",
-    "method": "MethodNotAllowed",
-    "too_large": "RequestTooLarge",
-    "rate_limited": "Throttling",
-    "internal": "InternalError",
-}
-_OPENAI = {
-    "invalid": ("invalid_request_error", "invalid_value"),
-    "not_found": ("invalid_request_error", "not_found"),
-    "method": ("invalid_request_error", "method_not_allowed"),
-    "too_large": ("invalid_request_error", "request_too_large"),
-    "rate_limited": ("rate_limit_error", "rate_limit_exceeded"),
-    "internal": ("server_error", None),
-}
-
-
 def dialect_error(
     dialect: Dialect,
     kind: Kind,
@@ -88,31 +46,25 @@ def dialect_error(
     headers: dict[str, str] | None = None,
     param: str | None = None,
 ) -> Response:
-    status = _STATUS[kind]
     message = bounded(message)
     resp: Response
     if dialect is Dialect.QIANFAN_V2:
-        resp = qianfan_v2_error(status, _QIANFAN_V2[kind], message)
+        resp = qianfan_errors.v2_kind_error(kind, message)
     elif dialect is Dialect.QIANFAN_V1:
-        resp = qianfan_v1_error(_QIANFAN_V1[kind], message)
-        if kind in ("not_found", "method", "too_large"):
-            resp.status_code = status  # no route answered: not an API result the SDK should parse
+        resp = qianfan_errors.v1_kind_error(kind, message)
     elif dialect is Dialect.DASHSCOPE:
-        resp = ds_error(status, _DASHSCOPE[kind], message)
+        resp = dashscope_errors.kind_error(kind, message)
     elif dialect is Dialect.CONSOLE:
-        resp = console_error(status, message)
+        resp = console_error(KIND_STATUS[kind], message)
     else:
-        type_, code = _OPENAI[kind]
-        resp = openai_error(status, message, type_, param, code)
-        if kind in ("internal", "too_large"):
-            resp.headers["x-should-retry"] = "false"
+        resp = openai_errors.kind_error(kind, message, param)
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
 
 
 def console_error(status: int, message: str) -> Response:
-    # Import here: the console module pulls in templates and the routers, which import this module.
+    # Import here: the console's pages pull in its templates, which nothing else needs at import time.
     from tunehouse.api.console.routes import error_page
 
     return error_page(status, message)

@@ -11,9 +11,9 @@ from urllib.parse import parse_qs
 
 from fastapi.responses import PlainTextResponse, Response
 
-from tunehouse.api.dashscope.routes import ds_error
-from tunehouse.api.envelopes import openai_error, qianfan_v1_error, qianfan_v2_error
-from tunehouse.api.qianfan.v1 import INTERNAL
+from tunehouse.api.dashscope import errors as dashscope_errors
+from tunehouse.api.openai import errors as openai_errors
+from tunehouse.api.qianfan import errors as qianfan_errors
 from tunehouse.config import Settings
 from tunehouse.core.storage import InsufficientStorage, check_room
 
@@ -40,14 +40,13 @@ def storage_error(path: str, message: str) -> Response:
     """The dialect's own 'insufficient storage' answer for a request to ``path``."""
     path = re.sub("/{2,}", "/", path)
     if path.startswith("/v2/"):
-        return qianfan_v2_error(507, "InsufficientStorage", message)
+        return qianfan_errors.storage_error(False, message)
     if path.startswith("/wenxinworkshop/"):
-        return qianfan_v1_error(INTERNAL, message)  # V1 errors travel as HTTP 200 with a code
+        return qianfan_errors.storage_error(True, message)
     if path.startswith("/api/v1/"):
-        return ds_error(507, "InsufficientStorage", message)
+        return dashscope_errors.storage_error(message)
     if path.startswith("/v1/"):
-        no_retry = {"x-should-retry": "false"}  # seconds of backoff will not free the disk
-        return openai_error(507, message, type_="server_error", code="insufficient_storage", headers=no_retry)
+        return openai_errors.storage_error(message)
     return PlainTextResponse(message, status_code=507)
 
 

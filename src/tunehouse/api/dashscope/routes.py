@@ -10,39 +10,35 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from tunehouse.api.bearer_auth import bearer_hit
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.dashscope import names
-from tunehouse.api.envelopes import ds_error, request_id
+from tunehouse.api.dashscope.auth import Caller, ds_caller
+from tunehouse.api.dashscope.errors import ApiError, DashScopeRoute, ds_error
+from tunehouse.api.dashscope.schemas import CreateFineTune, optional_str
+from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
-from tunehouse.api.rate_limit import RateLimited, count_request
-from tunehouse.contract.datasets import formats_for_train_mode
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.errors import Conflict, InvalidInput, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
 from tunehouse.core.events import events_page
 from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models, resolve_model
 from tunehouse.core.states import TERMINAL, RunState
-from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import Event, File, Job, Model, Run
 
 log = logging.getLogger(__name__)
@@ -61,14 +57,6 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
-class ApiError(Exception):
-    """An answer in DashScope's error envelope: HTTP status, code, message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 def _ok(key: str, payload: dict[str, Any]) -> JSONResponse:
     rid = request_id()
     return JSONResponse({"request_id": rid, key: payload}, headers={"X-Request-Id": rid})
@@ -82,73 +70,10 @@ def _data(payload: dict[str, Any]) -> JSONResponse:
     return _ok("data", payload)
 
 
-class _DashScopeRoute(APIRoute):
-    """Every failure of these routes, request validation included, answers in DashScope's envelope."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as e:
-                return ds_error(e.status, e.code, e.message)
-            except RequestValidationError as e:
-                err = e.errors()[0] if e.errors() else {}
-                where = ".".join(str(p) for p in err.get("loc", ()))
-                return ds_error(400, "InvalidParameter", f"{where}: {err.get('msg', 'invalid request')}")
-            except InvalidParameter as e:
-                field = e.field if isinstance(e, InvalidInput) else names.field_out(e.field)
-                return ds_error(400, "InvalidParameter", f"{field}: {e.message}")
-            except NotFound as e:
-                return ds_error(404, "NotFound", f"Not found! {e.message}")
-            except Conflict as e:
-                return ds_error(400, "UnsupportedOperation", e.message)
-            except QuotaExceeded as e:
-                return ds_error(429, "Throttling", e.message)
-            except RateLimited as e:
-                # Unlike a full run quota, a request rate frees up in seconds: the SDK may retry after them.
-                response = ds_error(429, "Throttling", e.message)
-                response.headers.update({**e.headers, "x-should-retry": "true"})
-                return response
-            except ClientDisconnect:
-                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception as exc:
-                if out_of_space(exc):
-                    log.warning("DashScope request failed: no space left on device")
-                    return ds_error(507, "InsufficientStorage", NO_SPACE_MESSAGE)
-                log.exception("DashScope request failed")
-                return ds_error(500, "InternalError", "Internal server error!")
-
-        return guarded
+router = APIRouter(prefix="/api/v1", route_class=DashScopeRoute)
 
 
-router = APIRouter(prefix="/api/v1", route_class=_DashScopeRoute)
-
-
-# ---- auth and scoping ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Caller:
-    account_id: int
-    account_name: str
-    workspace: str | None  # None: no X-DashScope-WorkSpace header, so no workspace filter
-
-
-async def ds_caller(request: Request, ctx: AppContext = Depends(get_ctx)) -> Caller:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
-    hit = await bearer_hit(ctx, token.strip())
-    if hit is None:
-        raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
-    account_id, account_name = hit.account_id, hit.account_name
-    count_request(request, account_id)
-    workspace = request.headers.get("x-dashscope-workspace", "").strip() or None
-    if workspace is not None and len(workspace) > 64:
-        raise ApiError(400, "InvalidParameter", "X-DashScope-WorkSpace: at most 64 characters")
-    return Caller(account_id, account_name, workspace)
+# ---- paging ----------------------------------------------------------------------------------------
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int = MAX_QUERY_INT) -> int:
@@ -402,32 +327,12 @@ def _run(s: Session, caller: Caller, job_id: str) -> Run:
 # ---- fine-tunes: create ----------------------------------------------------------------------------
 
 
-def _id_list(body: dict[str, Any], field: str, required: bool) -> list[str]:
-    value = body.get(field)
-    if isinstance(value, str):  # the SDKs wrap a bare string, curl users may not
-        value = [value]
-    if value is None or value == []:
-        if required:
-            raise ApiError(400, "InvalidParameter", "Missing training files")
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ApiError(400, "InvalidParameter", f"{field} must be a list of file ids")
-    return value
-
-
-def _optional_str(body: dict[str, Any], field: str) -> str | None:
-    value = body.get(field)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, "InvalidParameter", f"{field} must be a string")
-    return value
-
-
-def _output_name(s: Session, account_id: int, body: dict[str, Any]) -> str | None:
+def _output_name(s: Session, account_id: int, body: CreateFineTune) -> str | None:
     """model_name (2.x) or its 1.x alias finetuned_output; else a name built with the optional suffix."""
-    name = _optional_str(body, "model_name") or _optional_str(body, "finetuned_output")
-    suffix = _optional_str(body, "finetuned_output_suffix")
+    name = optional_str(body.model_name, "model_name") or optional_str(
+        body.finetuned_output, "finetuned_output"
+    )
+    suffix = optional_str(body.finetuned_output_suffix, "finetuned_output_suffix")
     if name is None:
         if suffix is None:
             return None
@@ -476,27 +381,10 @@ def _core_job_name(job_name: str | None, model: str) -> str:
     return name if len(name) >= 2 else f"ft-{name}"
 
 
-def create_fine_tune(s: Session, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "InvalidParameter", "Missing model")
-    train_ids = _id_list(body, "training_file_ids", required=True)
-    validation_ids = _id_list(body, "validation_file_ids", required=False)
-    training_type = body.get("training_type") or "sft"
-    train_mode, method = names.training_type_in(training_type)
-    try:
-        formats_for_train_mode(train_mode)
-    except ValueError:
-        raise ApiError(
-            400, "InvalidParameter", f"training_type {training_type} is not supported by this server yet"
-        ) from None
-    hyper = body.get("hyper_parameters")
-    hyper = {} if hyper is None else hyper
-    if not isinstance(hyper, dict):
-        raise ApiError(400, "InvalidParameter", "hyper_parameters must be an object")
-    job_name = _optional_str(body, "job_name")
-    if job_name is not None and len(job_name) > 128:
-        raise ApiError(400, "InvalidParameter", "job_name: at most 128 characters")
+def create_fine_tune(s: Session, caller: Caller, body: CreateFineTune) -> dict[str, Any]:
+    model, train_ids, validation_ids = body.model, body.training_file_ids, body.validation_file_ids
+    train_mode, method = body.training_type.train_mode, body.training_type.method
+    hyper, job_name = body.hyper_parameters, body.job_name
     target = resolve_model(s, caller.account_id, model)
     params = catalog.capabilities(target.base.name).params_for(train_mode, method)
     seq_choices = next(p.check_value for p in params if p.key == "max_seq_len")
@@ -546,7 +434,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 async def create(
     request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(ds_caller)
 ) -> JSONResponse:
-    body = await _json_body(request)
+    body = CreateFineTune.model_validate(await _json_body(request))
 
     def work() -> dict[str, Any]:
         with ctx.db.session() as s:

@@ -14,8 +14,10 @@ from starlette.requests import ClientDisconnect
 
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.openai import names
-from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
-from tunehouse.api.openai.common import openai_caller as caller_dep
+from tunehouse.api.openai.auth import Caller
+from tunehouse.api.openai.auth import openai_caller as caller_dep
+from tunehouse.api.openai.common import bad_cursor, limit_param, listing
+from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.core import files as file_svc
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix

@@ -20,9 +20,12 @@ from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.openai import names
-from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
-from tunehouse.api.openai.common import openai_caller as caller_dep
+from tunehouse.api.openai.auth import Caller
+from tunehouse.api.openai.auth import openai_caller as caller_dep
+from tunehouse.api.openai.common import bad_cursor, limit_param, listing
+from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.api.openai.files import lookup as lookup_file
+from tunehouse.api.openai.schemas import CreateFineTuningJob
 from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
@@ -165,104 +168,6 @@ def _run(s: Session, caller: Caller, job_id: str) -> Run:
 # ---- create ----------------------------------------------------------------------------------------
 
 
-def _required_str(body: dict[str, Any], field: str) -> str:
-    value = body.get(field)
-    if value is None or value == "":
-        raise OpenAIError(400, f"Missing required parameter: '{field}'.", param=field)
-    if not isinstance(value, str):
-        raise OpenAIError(400, f"{field} must be a string.", param=field, code="invalid_type")
-    return value
-
-
-def _method(body: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
-    """(method type, its hyperparameters, the param path they came from)."""
-    method = body.get("method")
-    legacy = body.get("hyperparameters")
-    if legacy is not None and not isinstance(legacy, dict):
-        raise OpenAIError(400, "hyperparameters must be an object.", param="hyperparameters")
-    if method is None:
-        method = {"type": "supervised"}
-    if not isinstance(method, dict) or not isinstance(method.get("type"), str):
-        raise OpenAIError(400, "method must be an object with a 'type'.", param="method.type")
-    kind = method["type"]
-    if kind not in names.MODE_OF_METHOD:
-        raise OpenAIError(
-            400,
-            f"Fine-tuning method {kind!r} is not supported by this server; use 'supervised' or 'dpo'.",
-            param="method",
-            code="unsupported_method",
-        )
-    section = method.get(kind) or {}
-    if not isinstance(section, dict):
-        raise OpenAIError(400, f"method.{kind} must be an object.", param=f"method.{kind}")
-    hyper = section.get("hyperparameters") or {}
-    if not isinstance(hyper, dict):
-        raise OpenAIError(
-            400, f"method.{kind}.hyperparameters must be an object.", param=f"method.{kind}.hyperparameters"
-        )
-    where = f"method.{kind}.hyperparameters"
-    if legacy:
-        if kind != "supervised":
-            raise OpenAIError(
-                400,
-                "Top-level hyperparameters apply to supervised jobs; use method.dpo.hyperparameters.",
-                param="hyperparameters",
-            )
-        for k, v in legacy.items():
-            if k in hyper and hyper[k] != v:
-                raise OpenAIError(
-                    400,
-                    f"hyperparameters.{k} ({v!r}) conflicts with {where}.{k} ({hyper[k]!r}).",
-                    param=f"hyperparameters.{k}",
-                    code="invalid_hyperparameters",
-                )
-        if not hyper:
-            where = "hyperparameters"
-        hyper = {**legacy, **hyper}
-    return kind, hyper, where
-
-
-def _suffix(body: dict[str, Any]) -> str | None:
-    suffix = body.get("suffix")
-    if suffix is None or suffix == "":
-        return None
-    if not isinstance(suffix, str) or not names.SUFFIX_RE.match(suffix):
-        raise OpenAIError(
-            400, "suffix must be 1-64 letters, digits, '-' or '_'.", param="suffix", code="invalid_value"
-        )
-    return suffix
-
-
-def _seed(body: dict[str, Any]) -> int | None:
-    seed = body.get("seed")
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise OpenAIError(400, "seed must be an integer.", param="seed", code="invalid_type")
-    return seed
-
-
-def _integrations(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Stored and echoed; this server sends nothing to Weights & Biases."""
-    value = body.get("integrations")
-    if value is None:
-        return []
-    ok = isinstance(value, list) and all(
-        isinstance(i, dict)
-        and i.get("type") == "wandb"
-        and isinstance(i.get("wandb"), dict)
-        and isinstance(i["wandb"].get("project"), str)
-        for i in value
-    )
-    if not ok:
-        raise OpenAIError(
-            400,
-            "integrations must be a list of {type: 'wandb', wandb: {project, ...}}.",
-            param="integrations",
-        )
-    return list(value)
-
-
 def _dataset(s: Session, caller: Caller, file_id: str, param: str) -> File:
     row = lookup_file(s, caller, file_id, param=param, status=400)
     if row.purpose != "fine-tune":
@@ -338,19 +243,10 @@ def _core_error(e: InvalidParameter, where: str, default_lr: float) -> OpenAIErr
     return OpenAIError(400, f"{e.field}: {e.message}", param=e.field)
 
 
-def create_fine_tuning_job(s: Session, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-    model = _required_str(body, "model")
-    training_id = _required_str(body, "training_file")
-    validation_id = body.get("validation_file")
-    if validation_id is not None and not isinstance(validation_id, str):
-        raise OpenAIError(400, "validation_file must be a string.", param="validation_file")
-    kind, hyper, where = _method(body)
-    suffix, seed = _suffix(body), _seed(body)
-    try:
-        metadata = names.check_metadata(body.get("metadata"))
-    except ValueError as e:
-        raise OpenAIError(400, str(e), param="metadata", code="invalid_value") from None
-    integrations = _integrations(body)
+def create_fine_tuning_job(s: Session, caller: Caller, body: CreateFineTuningJob) -> dict[str, Any]:
+    model, training_id, validation_id = body.model, body.training_file, body.validation_file
+    kind, hyper, where = body.method.type, body.method.hyperparameters, body.method.where
+    suffix, seed, metadata, integrations = body.suffix, body.seed, body.metadata, body.integrations
     target, increment = _starting_point(s, caller, model)
     base = target.base.name
     train_mode = names.MODE_OF_METHOD[kind]
@@ -444,7 +340,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 async def create_job(
     request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(caller_dep)
 ) -> JSONResponse:
-    body = await _json_body(request)
+    body = CreateFineTuningJob.model_validate(await _json_body(request))
 
     def work() -> dict[str, Any]:
         with ctx.db.session() as s:

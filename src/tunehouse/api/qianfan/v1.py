@@ -5,30 +5,27 @@ V1 calls a job a "task" and a run a "job"; the integer ids are the rows' surroga
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
-from tunehouse.api.envelopes import qianfan_v1_error
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.errors import PARAM_INVALID, qianfan_v1_error, v1_failure
 from tunehouse.api.qianfan.names import (
     PEFT_IN,
     PEFT_OUT,
     TRAIN_MODE_IN,
     TRAIN_MODE_OUT,
-    V1_FIELDS,
     V1_STATUS,
     enum_in,
-    field_name,
     hyperparameters_in,
     v1_time,
 )
@@ -36,19 +33,13 @@ from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import base_models
 from tunehouse.core.states import RunState
-from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import File, Run
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/wenxinworkshop/finetune")
-
-PARAM_INVALID, NOT_FOUND, INTERNAL = 500001, 500002, 500000
-# The SDK's RequestLimitReached: a limit, and not one of the codes its console client retries.
-REQUEST_LIMIT = 4
 
 
 def _int_id(v: Any) -> Any:
@@ -202,27 +193,8 @@ def _call(
     try:
         with ctx.db.session() as s:
             result = handler(s, ctx, account, body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        return qianfan_v1_error(
-            PARAM_INVALID, f"param invalid: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-        )
-    except InvalidParameter as e:
-        return qianfan_v1_error(
-            PARAM_INVALID, f"param invalid: {field_name(e.field, 'trainConfig', V1_FIELDS)}: {e.message}"
-        )
-    except NotFound as e:
-        return qianfan_v1_error(NOT_FOUND, e.message)
-    except Conflict as e:
-        return qianfan_v1_error(PARAM_INVALID, e.message)
-    except QuotaExceeded as e:
-        return qianfan_v1_error(REQUEST_LIMIT, e.message)
     except Exception as exc:
-        if out_of_space(exc):
-            log.warning("Qianfan V1 call failed: no space left on device")
-            return qianfan_v1_error(INTERNAL, NO_SPACE_MESSAGE)
-        log.exception("Qianfan V1 call failed")
-        return qianfan_v1_error(INTERNAL, "internal error")
+        return v1_failure(exc)
     return JSONResponse({"log_id": str(utcnow().timestamp()).replace(".", ""), "result": result})
 
 

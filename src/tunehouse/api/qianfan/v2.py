@@ -11,14 +11,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, get_ctx, run_page_url
-from tunehouse.api.envelopes import qianfan_v2_error, request_id
+from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.errors import qianfan_v2_error, v2_failure
 from tunehouse.api.qianfan.names import (
     HP_OUT,
     SCALE_IN,
@@ -28,7 +29,6 @@ from tunehouse.api.qianfan.names import (
     V2_STATUS,
     checkpoint_item,
     enum_in,
-    field_name,
     hyperparameters_in,
     v2_time,
 )
@@ -36,12 +36,11 @@ from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.pagination import Page, marker_page
 from tunehouse.core.registry import base_models
 from tunehouse.core.states import RunState
-from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 from tunehouse.store.models import Job, Run
 
 log = logging.getLogger(__name__)
@@ -346,10 +345,6 @@ ACTIONS: dict[str, Handler] = {
 }
 
 
-def _invalid(rid: str, field: str, message: str) -> JSONResponse:
-    return qianfan_v2_error(400, "InvalidParameter", f"param[{field}] invalid: {message}", req_id=rid)
-
-
 # The status call clients poll: it writes nothing, so it needs no transaction.
 READ_ONLY: frozenset[Handler] = frozenset({describe_task})
 
@@ -359,24 +354,8 @@ def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any],
         opened = ctx.db.read_session() if handler in READ_ONLY else ctx.db.session()
         with opened as s:
             result = handler(s, ctx, account, body)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return _invalid(rid, loc, err["msg"])
-    except InvalidParameter as e:
-        return _invalid(rid, field_name(e.field), e.message)
-    except NotFound as e:
-        return qianfan_v2_error(404, "ResourceNotFound", e.message, req_id=rid)
-    except Conflict as e:
-        return qianfan_v2_error(409, "InvalidState", e.message, req_id=rid)
-    except QuotaExceeded as e:
-        return qianfan_v2_error(429, "QuotaLimitExceeded", e.message, req_id=rid)
     except Exception as exc:
-        if out_of_space(exc):
-            log.warning("Qianfan V2 action failed: no space left on device")
-            return qianfan_v2_error(507, "InsufficientStorage", NO_SPACE_MESSAGE, req_id=rid)
-        log.exception("Qianfan V2 action failed")
-        return qianfan_v2_error(500, "InternalError", "internal error", req_id=rid)
+        return v2_failure(exc, rid)
     return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
 
 
