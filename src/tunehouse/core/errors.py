@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainError(Exception):
     def __init__(self, message: str) -> None:
@@ -30,6 +32,23 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The entity's current state does not allow the operation."""
+
+
+class NameTaken(Conflict):
+    """An output model name is already a base model's, one of the account's models', or held by a live run."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model name {name} already exists, please specify another name")
+        self.name = name
+
+
+class FileInUse(Conflict):
+    """A file that a run which has not ended trains on; `runs` are those runs (dialects render their ids)."""
+
+    def __init__(self, file_key: str, runs: list[Any]) -> None:
+        keys = ", ".join(r.key for r in runs)
+        super().__init__(f"file {file_key} is used by runs that have not ended ({keys}); stop them first")
+        self.runs = runs
 
 
 class QuotaExceeded(DomainError):
