@@ -63,7 +63,7 @@ def account(s: Session) -> Account:
 
 @pytest.fixture
 def upload(s: Session, tmp_path: Path, account: Account) -> Callable[..., File]:
-    def upload_rows(row: dict, n: int = 2) -> File:
+    def upload_rows(row: dict, n: int = MIN_EXAMPLES) -> File:
         data = "".join(json.dumps(row) + "\n" for _ in range(n)).encode()
         return upload_file(s, tmp_path / "files", account.id, "train.jsonl", data, "fine-tune")
 
@@ -370,7 +370,8 @@ def test_one_accounts_runs_do_not_count_against_anothers_limit(s, make_run, tmp_
     make_run()
     make_run()
     bobs_job = create_job(s, bob.id, "bob bot", model=TINY, train_mode="sft")
-    data = upload_file(s, tmp_path / "files", bob.id, "t.jsonl", json.dumps(CHAT_ROW).encode(), "fine-tune")
+    rows = (json.dumps(CHAT_ROW) + "\n").encode() * MIN_EXAMPLES
+    data = upload_file(s, tmp_path / "files", bob.id, "t.jsonl", rows, "fine-tune")
     assert create_run(s, bobs_job, "lora", {}, [DatasetChoice(data)]).state == RunState.QUEUED
 
 
@@ -653,6 +654,18 @@ def test_a_run_cannot_be_created_on_a_file_deleted_after_it_was_looked_up(s, job
 
 
 # --- platform rules: examples, save interval, finish estimate -----------------------------------------
+
+
+def test_a_run_on_fewer_examples_than_the_minimum_is_recorded_and_failed_at_once(s, job, upload):
+    few = upload(CHAT_ROW, n=MIN_EXAMPLES - 1)
+    run = create_run(s, job, "lora", {}, [DatasetChoice(few)])
+    assert run.state == RunState.FAILED and run.finished_at is not None
+    assert run.error == f"Training file has {MIN_EXAMPLES - 1} example(s), but must have at least 10 examples"
+    assert [e.payload["state"] for e in events_page(s, run)] == ["queued", "failed"]
+
+
+def test_validation_examples_do_not_count_towards_the_minimum(s, make_run, upload):
+    assert make_run(validation=[DatasetChoice(upload(CHAT_ROW, n=1))]).state == RunState.QUEUED
 
 
 def test_training_files_with_fewer_examples_than_the_minimum_are_too_few(upload):

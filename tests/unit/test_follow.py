@@ -15,7 +15,7 @@ from tunehouse.core.files import upload_file
 from tunehouse.core.follow import KEEP_ALIVE, RunFollower, Tick
 from tunehouse.core.jobs import create_job
 from tunehouse.core.registry import register_builtin
-from tunehouse.core.runs import DatasetChoice, create_run, get_run, move
+from tunehouse.core.runs import MIN_EXAMPLES, DatasetChoice, create_run, get_run, move
 from tunehouse.core.states import RunState
 from tunehouse.store.db import Database
 from tunehouse.store.models import Run
@@ -28,7 +28,7 @@ def run_key(sqlite_db: Database, tmp_path: Path) -> str:
     with sqlite_db.session() as s:
         register_builtin(s, tmp_path / "models")
         account = get_or_create_account(s, "alice")
-        data = (json.dumps(CHAT) + "\n").encode()
+        data = (json.dumps(CHAT) + "\n").encode() * MIN_EXAMPLES
         file = upload_file(s, tmp_path / "files", account.id, "t.jsonl", data, "fine-tune")
         job = create_job(s, account.id, "follow", model="tunehouse-tiny", train_mode="sft")
         run = create_run(s, job, "lora", {}, [DatasetChoice(file)])

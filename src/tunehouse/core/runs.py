@@ -47,11 +47,14 @@ def create_run(
     validation: list[DatasetChoice] | None = None,
     increment_from: tuple[Run, int | None] | None = None,
     output_name: str | None = None,
+    check_examples: bool = True,
 ) -> Run:
     """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept.
 
     `increment_from` (a finished run and optionally one of its checkpoint steps) or a fine-tuned `model`
-    give the starting weights; `output_name` names the produced model and may hold `{key}`.
+    give the starting weights; `output_name` names the produced model and may hold `{key}`. A run on too
+    few examples is recorded and failed at once (`fail_if_too_few_examples`); `check_examples=False` leaves
+    that to the caller, to log its own validation first.
     """
     model = _pin(job.base_model, model, "model")
     train_mode = _pin(job.train_mode, train_mode, "train_mode")
@@ -120,6 +123,8 @@ def create_run(
     s.add(run)
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
+    if check_examples:
+        fail_if_too_few_examples(s, run, datasets)
     return run
 
 
@@ -129,6 +134,15 @@ def too_few_examples(datasets: list[DatasetChoice]) -> str | None:
     if rows >= MIN_EXAMPLES:
         return None
     return f"Training file has {rows} example(s), but must have at least {MIN_EXAMPLES} examples"
+
+
+def fail_if_too_few_examples(s: Session, run: Run, datasets: list[DatasetChoice]) -> str | None:
+    """Fails a just-queued run whose training files are too small (the reason is returned), as a
+    validation failure reported through the run rather than a refused request."""
+    message = too_few_examples(datasets)
+    if message is not None:
+        move(s, run, RunState.FAILED, error=message)
+    return message
 
 
 def epoch_save_steps(rows: int, batch_size: int) -> int:
