@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
 
 class DomainError(Exception):
@@ -42,10 +43,18 @@ class NameTaken(Conflict):
         self.name = name
 
 
-class FileInUse(Conflict):
-    """A file that a run which has not ended trains on; `runs` are those runs (dialects render their ids)."""
+@dataclass(frozen=True)
+class RunRef:
+    """A run named in an error: plain values, readable after the session that found it has closed."""
 
-    def __init__(self, file_key: str, runs: list[Any]) -> None:
+    key: str
+    created_at: datetime
+
+
+class FileInUse(Conflict):
+    """A file that runs which have not ended train on; dialects name those runs in their own ids."""
+
+    def __init__(self, file_key: str, runs: list[RunRef]) -> None:
         keys = ", ".join(r.key for r in runs)
         super().__init__(f"file {file_key} is used by runs that have not ended ({keys}); stop them first")
         self.runs = runs

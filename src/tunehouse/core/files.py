@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.contract.datasets import validate_dataset
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import FileInUse, InvalidParameter, NotFound
+from tunehouse.core.errors import FileInUse, InvalidParameter, NotFound, RunRef
 from tunehouse.core.ids import new_key
 from tunehouse.core.states import TERMINAL
 from tunehouse.store.locks import lock_row
@@ -228,5 +228,5 @@ def delete_file(s: Session, row: File) -> None:
     lock_row(s, row)  # a create naming this file and this delete take turns
     users = runs_using(s, row)
     if users:
-        raise FileInUse(row.key, users)
+        raise FileInUse(row.key, [RunRef(r.key, r.created_at) for r in users])
     row.deleted_at = utcnow()
