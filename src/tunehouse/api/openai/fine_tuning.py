@@ -16,13 +16,13 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
-from tunehouse.api.openai_common import openai_caller as caller_dep
-from tunehouse.api.openai_files import lookup as lookup_file
+from tunehouse.api.openai import names
+from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
+from tunehouse.api.openai.common import openai_caller as caller_dep
+from tunehouse.api.openai.files import lookup as lookup_file
 from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
