@@ -536,3 +536,85 @@ def test_a_preview_on_a_model_registered_to_refuse_a_default_template_says_so(
     )
     assert r.status_code == 400
     assert "no chat template" in r.json()["error"]
+
+
+# ---- platform rules, as the console shows them -------------------------------------------------------
+
+
+def _run_form(client: ConsoleClient, job: str, file_key: str, **fields: str) -> httpx.Response:
+    data = {"model": "tunehouse-tiny", "method": "lora", "train_mode": "sft", "split_ratio": "0"}
+    data.update({f"hp.{k}": str(v) for k, v in LONG.items()})
+    return client.post(f"/console/jobs/{job}/runs", {**data, "datasets": file_key, **fields})
+
+
+def _api_file(server: LiveServer, api_key: str, rows: str) -> str:
+    r = httpx.post(
+        server.url + "/v1/files",
+        headers={"Authorization": f"Bearer {api_key}"},
+        files={"file": ("rules.jsonl", rows.encode())},
+        data={"purpose": "fine-tune"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"]).removeprefix("file-")
+
+
+def test_an_output_name_that_is_a_base_models_name_is_explained_on_the_form(
+    server: LiveServer, alice: dict
+) -> None:
+    client = ConsoleClient(server.url, alice["api_key"])
+    job = client.create_job("name-clash")
+    r = _run_form(client, job, _api_file(server, alice["api_key"], GOOD), output_name="tunehouse-tiny")
+    assert r.status_code == 400
+    assert 'id="err-output_name"' in r.text and "Model name tunehouse-tiny already exists" in r.text
+
+
+def test_an_output_name_a_dashscope_job_holds_cannot_be_taken_in_the_console(
+    server: LiveServer, alice: dict
+) -> None:
+    file_key = _api_file(server, alice["api_key"], GOOD)
+    name = f"held-{file_key}"
+    body = {
+        "model": "tunehouse-tiny",
+        "training_file_ids": [f"file-{file_key}"],
+        "model_name": name,
+        "hyper_parameters": {"n_epochs": 50, "batch_size": 1, "max_length": 128},
+    }
+    headers = {"Authorization": f"Bearer {alice['api_key']}"}
+    created = httpx.post(server.url + "/api/v1/fine-tunes", json=body, headers=headers, timeout=60)
+    assert created.status_code == 200, created.text
+    job_id = created.json()["output"]["job_id"]
+    try:
+        client = ConsoleClient(server.url, alice["api_key"])
+        r = _run_form(client, client.create_job("name-held"), file_key, output_name=name)
+        assert r.status_code == 400 and f"Model name {name} already exists" in r.text
+    finally:
+        httpx.post(f"{server.url}/api/v1/fine-tunes/{job_id}/cancel", headers=headers, timeout=60)
+
+
+def test_a_file_a_live_run_trains_on_cannot_be_deleted_until_the_run_ends(
+    server: LiveServer, alice: dict
+) -> None:
+    client = ConsoleClient(server.url, alice["api_key"])
+    file_key = _api_file(server, alice["api_key"], GOOD)
+    created = _run_form(client, client.create_job("keeps-its-file"), file_key)
+    assert created.status_code == 303, created.text
+    run = created.headers["location"].rsplit("/", 1)[1]
+
+    refused = client.post(f"/console/files/{file_key}/delete", {})
+    assert refused.status_code == 409
+    assert "used by runs that have not ended" in refused.text and run in refused.text
+    assert client.http.get(f"/console/files/{file_key}/content").status_code == 200
+
+    assert client.post(f"/console/runs/{run}/stop", {}).status_code == 303
+    assert client.wait_state(run, {"stopped"}) == "stopped"
+    deleted = client.post(f"/console/files/{file_key}/delete", {})
+    assert deleted.status_code == 303 and deleted.headers["location"].endswith("done=file-deleted")
+
+
+def test_a_run_on_too_few_examples_fails_at_once_with_the_reason(server: LiveServer, alice: dict) -> None:
+    client = ConsoleClient(server.url, alice["api_key"])
+    run = client.create_run(client.create_job("too-few"), jsonl(CHAT_ROWS[:7]), SHORT)
+    assert client.wait_state(run, {"failed", "succeeded", "stopped"}) == "failed"
+    page = client.http.get(f"/console/runs/{run}").text
+    assert "Training file has 7 example(s), but must have at least 10 examples" in page

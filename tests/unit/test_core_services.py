@@ -20,21 +20,25 @@ from tunehouse.core.accounts import (
     set_run_limit,
 )
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import Conflict, FileInUse, InvalidParameter, NameTaken, NotFound, QuotaExceeded
 from tunehouse.core.events import apply_trainer_events, events_page
-from tunehouse.core.files import upload_file
+from tunehouse.core.files import delete_file, get_file, upload_file
 from tunehouse.core.jobs import create_job, delete_job, get_job
-from tunehouse.core.registry import register_builtin
+from tunehouse.core.registry import register_builtin, register_output, run_by_output_name
 from tunehouse.core.runs import (
+    MIN_EXAMPLES,
     DatasetChoice,
     checkpoints,
     create_run,
     delete_run,
+    epoch_save_steps,
+    estimated_finish,
     get_run,
     move,
     request_pause,
     request_stop,
     resume,
+    too_few_examples,
 )
 from tunehouse.core.secrets_box import SecretBox
 from tunehouse.core.states import RunState
@@ -59,7 +63,7 @@ def account(s: Session) -> Account:
 
 @pytest.fixture
 def upload(s: Session, tmp_path: Path, account: Account) -> Callable[..., File]:
-    def upload_rows(row: dict, n: int = 2) -> File:
+    def upload_rows(row: dict, n: int = MIN_EXAMPLES) -> File:
         data = "".join(json.dumps(row) + "\n" for _ in range(n)).encode()
         return upload_file(s, tmp_path / "files", account.id, "train.jsonl", data, "fine-tune")
 
@@ -366,7 +370,8 @@ def test_one_accounts_runs_do_not_count_against_anothers_limit(s, make_run, tmp_
     make_run()
     make_run()
     bobs_job = create_job(s, bob.id, "bob bot", model=TINY, train_mode="sft")
-    data = upload_file(s, tmp_path / "files", bob.id, "t.jsonl", json.dumps(CHAT_ROW).encode(), "fine-tune")
+    rows = (json.dumps(CHAT_ROW) + "\n").encode() * MIN_EXAMPLES
+    data = upload_file(s, tmp_path / "files", bob.id, "t.jsonl", rows, "fine-tune")
     assert create_run(s, bobs_job, "lora", {}, [DatasetChoice(data)]).state == RunState.QUEUED
 
 
@@ -539,7 +544,7 @@ def test_an_output_name_held_by_a_live_run_cannot_be_taken_again(make_run):
 
 
 def test_an_output_name_may_contain_braces(make_run):
-    assert make_run(output_name="odd{name}").extra["output_name"] == "odd{name}"
+    assert make_run(output_name="odd{name}").output_name == "odd{name}"
 
 
 def test_an_expired_file_is_no_longer_found(s, account, tmp_path):
@@ -561,3 +566,137 @@ def test_an_expired_file_is_no_longer_found(s, account, tmp_path):
     s.flush()
     with pytest.raises(NotFound):
         get_file(s, account.id, key=row.key)
+
+
+# --- platform rules: output names ---------------------------------------------------------------------
+
+
+def test_an_output_name_that_is_a_base_models_name_is_refused_and_no_run_is_created(s, make_run, job):
+    with pytest.raises(NameTaken) as info:
+        make_run(output_name=TINY)
+    assert info.value.name == TINY and "already exists" in info.value.message
+    assert s.scalar(select(func.count()).select_from(Run).where(Run.job_id == job.id)) == 0
+
+
+def test_an_output_name_of_one_of_the_accounts_models_is_refused(s, make_run, account):
+    done = make_run(output_name="adder")
+    move(s, done, RunState.STOPPED)
+    register_output(s, account.id, "adder", "/nowhere", "lora_adapter", TINY, done.id)
+    with pytest.raises(NameTaken):
+        make_run(output_name="adder")
+
+
+def test_another_accounts_model_name_is_free_to_take(s, make_run, tmp_path):
+    bob = get_or_create_account(s, "bob")
+    register_output(s, bob.id, "shared-name", "/nowhere", "lora_adapter", TINY, 0)
+    assert make_run(output_name="shared-name").output_name == "shared-name"
+
+
+def test_a_name_held_by_a_run_is_free_again_once_the_run_ended_without_a_model(s, make_run):
+    first = make_run(output_name="retry-me")
+    move(s, first, RunState.STOPPED)
+    assert make_run(output_name="retry-me").output_name == "retry-me"
+
+
+def test_a_generated_output_name_is_stored_in_its_own_column(make_run):
+    run = make_run()
+    assert run.output_name == f"{TINY}-ft-{run.key}" and "output_name" not in run.extra
+
+
+def test_an_output_name_longer_than_the_models_table_allows_is_refused(make_run):
+    assert invalid(lambda: make_run(output_name="m" * 129)).field == "output_name"
+
+
+def test_the_run_of_an_output_name_is_found_by_name_within_the_account(s, make_run, account):
+    run = make_run(output_name="find-me")
+    assert run_by_output_name(s, account.id, "find-me") is run
+    assert run_by_output_name(s, account.id, "nobody") is None
+    assert run_by_output_name(s, get_or_create_account(s, "carol").id, "find-me") is None
+
+
+# --- platform rules: files in use ---------------------------------------------------------------------
+
+
+def test_a_file_a_queued_run_trains_on_cannot_be_deleted(s, make_run, chat_file, account):
+    run = make_run()
+    with pytest.raises(FileInUse) as info:
+        delete_file(s, chat_file)
+    assert [r.key for r in info.value.runs] == [run.key] and run.key in info.value.message
+    assert get_file(s, account.id, key=chat_file.key) is chat_file
+
+
+@pytest.mark.parametrize("state", [RunState.RUNNING, RunState.PAUSED, RunState.STOPPING])
+def test_a_file_a_run_that_has_not_ended_uses_cannot_be_deleted(s, make_run, chat_file, state):
+    run = make_run()
+    run.state = state
+    with pytest.raises(FileInUse):
+        delete_file(s, chat_file)
+
+
+def test_a_validation_file_of_a_live_run_cannot_be_deleted(s, make_run, upload):
+    held_out = upload(CHAT_ROW)
+    make_run(validation=[DatasetChoice(held_out)])
+    with pytest.raises(FileInUse):
+        delete_file(s, held_out)
+
+
+def test_a_file_whose_runs_all_ended_can_be_deleted(s, make_run, chat_file, account):
+    move(s, make_run(), RunState.STOPPED)
+    delete_file(s, chat_file)
+    with pytest.raises(NotFound):
+        get_file(s, account.id, key=chat_file.key)
+
+
+def test_a_run_cannot_be_created_on_a_file_deleted_after_it_was_looked_up(s, job, chat_file):
+    delete_file(s, chat_file)
+    err = invalid(lambda: create_run(s, job, "lora", {}, [DatasetChoice(chat_file)]))
+    assert err.field == "datasets" and "deleted" in err.message
+
+
+# --- platform rules: examples, save interval, finish estimate -----------------------------------------
+
+
+def test_a_run_on_fewer_examples_than_the_minimum_is_recorded_and_failed_at_once(s, job, upload):
+    few = upload(CHAT_ROW, n=MIN_EXAMPLES - 1)
+    run = create_run(s, job, "lora", {}, [DatasetChoice(few)])
+    assert run.state == RunState.FAILED and run.finished_at is not None
+    assert run.error == f"Training file has {MIN_EXAMPLES - 1} example(s), but must have at least 10 examples"
+    assert [e.payload["state"] for e in events_page(s, run)] == ["queued", "failed"]
+
+
+def test_validation_examples_do_not_count_towards_the_minimum(s, make_run, upload):
+    assert make_run(validation=[DatasetChoice(upload(CHAT_ROW, n=1))]).state == RunState.QUEUED
+
+
+def test_training_files_with_fewer_examples_than_the_minimum_are_too_few(upload):
+    few = upload(CHAT_ROW, n=MIN_EXAMPLES - 1)
+    message = too_few_examples([DatasetChoice(few)])
+    assert message == f"Training file has {MIN_EXAMPLES - 1} example(s), but must have at least 10 examples"
+
+
+def test_the_examples_of_all_training_files_count_towards_the_minimum(upload):
+    halves = [DatasetChoice(upload(CHAT_ROW, n=5)), DatasetChoice(upload(CHAT_ROW, n=5))]
+    assert too_few_examples(halves) is None
+    assert too_few_examples([DatasetChoice(upload(CHAT_ROW, n=MIN_EXAMPLES))]) is None
+
+
+@pytest.mark.parametrize(("rows", "batch", "steps"), [(16, 4, 4), (17, 4, 5), (3, 4, 1), (10, 1, 10)])
+def test_the_default_save_interval_is_one_checkpoint_per_epoch(rows, batch, steps):
+    assert epoch_save_steps(rows, batch) == steps
+
+
+def test_a_running_run_is_estimated_to_finish_after_its_trainers_eta(s, make_run):
+    run = make_run()
+    move(s, run, RunState.RUNNING)
+    run.metrics = {"eta_seconds": 90.5}
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert estimated_finish(run, now) == datetime(2026, 1, 1, 12, 1, 30, 500000, tzinfo=UTC)
+
+
+def test_a_run_that_is_not_training_has_no_finish_estimate(s, make_run):
+    run = make_run()
+    run.metrics = {"eta_seconds": 90}
+    assert estimated_finish(run) is None
+    move(s, run, RunState.RUNNING)
+    run.metrics = {}
+    assert estimated_finish(run) is None

@@ -14,7 +14,7 @@ from tunehouse.core.accounts import get_or_create_account
 from tunehouse.core.files import upload_file
 from tunehouse.core.jobs import create_job
 from tunehouse.core.registry import add_base_model
-from tunehouse.core.runs import DatasetChoice, create_run
+from tunehouse.core.runs import MIN_EXAMPLES, DatasetChoice, create_run
 from tunehouse.executors.local import LocalExecutor
 from tunehouse.scheduler.scheduler import Scheduler, _write_spec
 from tunehouse.store.db import Database
@@ -37,7 +37,7 @@ def spec_of(db: Database, home: Path, hyperparameters: dict[str, object]) -> Run
     with db.session() as s:
         add_base_model(s, "acme-base", model_dir)
         account = get_or_create_account(s, "spec-tests")
-        data = (json.dumps(CHAT_ROW) + "\n").encode() * 2
+        data = (json.dumps(CHAT_ROW) + "\n").encode() * MIN_EXAMPLES
         file = upload_file(s, settings.files_dir, account.id, "t.jsonl", data, "fine-tune")
         job = create_job(s, account.id, "spec", model="acme-base", train_mode="sft")
         run = create_run(s, job, "lora", hyperparameters, [DatasetChoice(file)], split_ratio=10)

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.orm import Session
 
+from tests.unit.conftest import PG_ADMIN
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import NotFound
 from tunehouse.core.files import get_file, list_files
 from tunehouse.core.ids import new_key
 from tunehouse.core.jobs import get_job, jobs_query
 from tunehouse.core.runs import get_run, runs_query
+from tunehouse.store.db import MIGRATIONS
 from tunehouse.store.models import Account, Base, Checkpoint, Event, File, Job, Run
 
 
@@ -233,3 +242,67 @@ def test_listings_hold_only_the_accounts_own_jobs_runs_and_files(database, make_
         assert [j.id for j in s.scalars(jobs_query(mine))] == [my_run.job_id]
         assert [r.id for r in s.scalars(runs_query(mine))] == [my_run.id]
         assert [f.id for f in list_files(s, mine)] == [my_file.id]
+
+
+# --- 0007: the output name leaves runs.extra for a column of its own -----------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrate.db'}"
+        return
+    name = f"tunehouse_mig_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _to(engine, revision: str, down: bool = False) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def test_0007_moves_each_runs_output_name_from_extra_to_its_column_and_back(empty_url):
+    engine = create_engine(empty_url)
+    _to(engine, "0006")
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO accounts (name, created_at) VALUES ('m', :t)"), {"t": now})
+        conn.execute(
+            text(
+                "INSERT INTO jobs (key, account_id, name, description, hyperparameters, created_at) "
+                "VALUES ('j1', 1, 'job', '', '{}', :t)"
+            ),
+            {"t": now},
+        )
+        for key, extra in (("named", {"output_name": "adder", "keep": 1}), ("older", {"keep": 2})):
+            conn.execute(
+                text(
+                    "INSERT INTO runs (key, account_id, job_id, version, base_model, train_mode,"
+                    " parameter_scale, hyperparameters, dataset, extra, state, progress, step, total_steps,"
+                    " metrics, stop_requested, attempts, losses, handle, last_event_seq, created_at)"
+                    " VALUES (:k, 1, 1, :v, 'tunehouse-tiny', 'sft', 'lora', '{}', '{}', :e, 'queued', 0, 0,"
+                    " 0, '{}', false, 0, 0, '{}', 0, :t)"
+                ),
+                {"k": key, "v": 1 if key == "named" else 2, "e": json.dumps(extra), "t": now},
+            )
+
+    _to(engine, "0007")
+    with Session(engine) as s:
+        named = s.scalar(select(Run).where(Run.key == "named"))
+        older = s.scalar(select(Run).where(Run.key == "older"))
+        assert (named.output_name, named.extra) == ("adder", {"keep": 1})
+        assert (older.output_name, older.extra) == (None, {"keep": 2})
+
+    _to(engine, "0006", down=True)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT key, extra FROM runs")).all())
+    loaded = {k: v if isinstance(v, dict) else json.loads(v) for k, v in rows.items()}
+    assert loaded == {"named": {"keep": 1, "output_name": "adder"}, "older": {"keep": 2}}
+    engine.dispose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 
 class DomainError(Exception):
     def __init__(self, message: str) -> None:
@@ -30,6 +33,31 @@ class NotFound(DomainError):
 
 class Conflict(DomainError):
     """The entity's current state does not allow the operation."""
+
+
+class NameTaken(Conflict):
+    """An output model name is already a base model's, one of the account's models', or held by a live run."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Model name {name} already exists, please specify another name")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run named in an error: plain values, readable after the session that found it has closed."""
+
+    key: str
+    created_at: datetime
+
+
+class FileInUse(Conflict):
+    """A file that runs which have not ended train on; dialects name those runs in their own ids."""
+
+    def __init__(self, file_key: str, runs: list[RunRef]) -> None:
+        keys = ", ".join(r.key for r in runs)
+        super().__init__(f"file {file_key} is used by runs that have not ended ({keys}); stop them first")
+        self.runs = runs
 
 
 class QuotaExceeded(DomainError):

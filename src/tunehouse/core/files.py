@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session
 
 from tunehouse.contract.datasets import validate_dataset
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import InvalidParameter, NotFound
+from tunehouse.core.errors import FileInUse, InvalidParameter, NotFound, RunRef
 from tunehouse.core.ids import new_key
-from tunehouse.store.models import File
+from tunehouse.core.states import TERMINAL
+from tunehouse.store.locks import lock_row
+from tunehouse.store.models import File, Run
 
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
@@ -201,6 +203,30 @@ def list_files(s: Session, account_id: int, workspace: str | None = None) -> lis
     return list(s.scalars(files_query(account_id, workspace).order_by(File.id)))
 
 
+def runs_using(s: Session, row: File) -> list[Run]:
+    """The account's runs that have not ended and train or validate on this file, oldest first."""
+    live = s.scalars(
+        select(Run)
+        .where(
+            Run.account_id == row.account_id,
+            Run.deleted_at.is_(None),
+            Run.state.not_in([st.value for st in TERMINAL]),
+        )
+        .order_by(Run.id)
+    )
+    return [
+        r
+        for r in live
+        if row.id in r.dataset.get("files", []) or row.id in r.dataset.get("validation_files", [])
+    ]
+
+
 def delete_file(s: Session, row: File) -> None:
-    """Soft delete: runs that trained on it keep their record; the blob may be shared, so it stays."""
+    """Soft delete: runs that trained on it keep their record; the blob may be shared, so it stays.
+
+    A run that has not ended still reads the file (a lost trainer restarts from it), so it is refused."""
+    lock_row(s, row)  # a create naming this file and this delete take turns
+    users = runs_using(s, row)
+    if users:
+        raise FileInUse(row.key, [RunRef(r.key, r.created_at) for r in users])
     row.deleted_at = utcnow()

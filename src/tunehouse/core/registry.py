@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import InvalidParameter, NotFound
-from tunehouse.store.models import Account, Model
+from tunehouse.core.errors import InvalidParameter, NameTaken, NotFound
+from tunehouse.core.states import TERMINAL
+from tunehouse.store.models import Account, Model, Run
 
 
 def register_builtin(s: Session, models_dir: Path) -> Model:
@@ -97,8 +98,34 @@ def resolve_model(s: Session, account_id: int, name: str, field: str = "model") 
     )
 
 
-def output_name_taken(s: Session, account_id: int, name: str) -> bool:
-    return s.scalar(select(Model.id).where(Model.account_id == account_id, Model.name == name)) is not None
+def check_output_name(s: Session, account_id: int, name: str) -> None:
+    """A run's output name must not be a base model's (a caller naming a model would get the wrong one),
+    one of the account's own models', or held by one of its runs that has not ended yet."""
+    model = s.scalar(
+        select(Model.id).where(
+            Model.name == name, or_(Model.account_id.is_(None), Model.account_id == account_id)
+        )
+    )
+    live = s.scalar(
+        select(Run.id).where(
+            Run.account_id == account_id,
+            Run.output_name == name,
+            Run.deleted_at.is_(None),
+            Run.state.not_in([st.value for st in TERMINAL]),
+        )
+    )
+    if model is not None or live is not None:
+        raise NameTaken(name)
+
+
+def run_by_output_name(s: Session, account_id: int, name: str) -> Run | None:
+    """The account's (not deleted) run that produces or produced the model of that name; newest first."""
+    return s.scalar(
+        select(Run)
+        .where(Run.account_id == account_id, Run.output_name == name, Run.deleted_at.is_(None))
+        .order_by(Run.id.desc())
+        .limit(1)
+    )
 
 
 def register_output(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, bindparam, func, select
@@ -14,13 +16,16 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import record_event
 from tunehouse.core.ids import new_key
-from tunehouse.core.registry import output_name_taken, resolve_model
+from tunehouse.core.registry import check_output_name, resolve_model
 from tunehouse.core.states import TERMINAL, WANTS_TRAINER, RunState, check_move
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Account, Checkpoint, File, Job, Model, Run
 
 # Percent of training rows held out for evaluation; dialects may allow less (Qianfan: 20).
 SPLIT_RATIO = (0, 50)
+# Fewer training examples than this teach a model nothing: such a run is accepted, then fails validation.
+MIN_EXAMPLES = 10
+MODEL_NAME_MAX = 128  # the models table's limit
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,14 @@ def create_run(
     validation: list[DatasetChoice] | None = None,
     increment_from: tuple[Run, int | None] | None = None,
     output_name: str | None = None,
+    check_examples: bool = True,
 ) -> Run:
     """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept.
 
     `increment_from` (a finished run and optionally one of its checkpoint steps) or a fine-tuned `model`
-    give the starting weights; `output_name` names the produced model and may hold `{key}`.
+    give the starting weights; `output_name` names the produced model and may hold `{key}`. A run on too
+    few examples is recorded and failed at once (`fail_if_too_few_examples`); `check_examples=False` leaves
+    that to the caller, to log its own validation first.
     """
     model = _pin(job.base_model, model, "model")
     train_mode = _pin(job.train_mode, train_mode, "train_mode")
@@ -75,9 +83,14 @@ def create_run(
     key = new_key()
     # Plain substitution, not str.format: a user-chosen name may contain braces.
     name = (output_name or "{base}-ft-{key}").replace("{key}", key).replace("{base}", target.base.name)
-    if output_name_taken(s, job.account_id, name) or _claimed_by_live_run(s, job.account_id, name):
-        raise Conflict(f"Model name {name} already exists, please specify another name")
+    if len(name) > MODEL_NAME_MAX:
+        raise InvalidParameter("output_name", f"the model name must be at most {MODEL_NAME_MAX} characters")
     check_run_limit(s, job.account_id)
+    # After the account's lock: two creates naming the same output take turns, and the second sees the first.
+    check_output_name(s, job.account_id, name)
+    # A file deleted meanwhile is refused; a delete from now on sees this run (files.delete_file).
+    _hold_files(s, datasets, "datasets")
+    _hold_files(s, validation or [], "validation")
     # The job's model and mode are fixed by its first run when the job was created without them.
     job.base_model, job.train_mode = model, train_mode
     # Creates in one job take turns from here (after the account's lock: always account, job, run), so
@@ -98,10 +111,10 @@ def create_run(
             "validation_files": [d.file.id for d in validation or []],
             "split_ratio": split_ratio,
         },
+        output_name=name,
         extra={
             **(extra or {}),
             "unknown_hyperparameters": unknown,
-            "output_name": name,
             **({"init_from": init_from} if init_from else {}),
         },
         state=RunState.QUEUED,
@@ -110,7 +123,39 @@ def create_run(
     s.add(run)
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
+    if check_examples:
+        fail_if_too_few_examples(s, run, datasets)
     return run
+
+
+def too_few_examples(datasets: list[DatasetChoice]) -> str | None:
+    """Why the training files are too small to train on, or None when they hold enough examples."""
+    rows = sum(d.file.rows for d in datasets)
+    if rows >= MIN_EXAMPLES:
+        return None
+    return f"Training file has {rows} example(s), but must have at least {MIN_EXAMPLES} examples"
+
+
+def fail_if_too_few_examples(s: Session, run: Run, datasets: list[DatasetChoice]) -> str | None:
+    """Fails a just-queued run whose training files are too small (the reason is returned), as a
+    validation failure reported through the run rather than a refused request."""
+    message = too_few_examples(datasets)
+    if message is not None:
+        move(s, run, RunState.FAILED, error=message)
+    return message
+
+
+def epoch_save_steps(rows: int, batch_size: int) -> int:
+    """A checkpoint at the end of every epoch: the save interval when the caller chose none."""
+    return max(1, math.ceil(rows / max(1, batch_size)))
+
+
+def estimated_finish(run: Run, now: datetime | None = None) -> datetime | None:
+    """When a running run should end, from the trainer's latest ETA; None when it is not training."""
+    eta = run.metrics.get("eta_seconds")
+    if run.state != RunState.RUNNING or eta is None:
+        return None
+    return (now or utcnow()) + timedelta(seconds=float(eta))
 
 
 def check_run_limit(s: Session, account_id: int) -> None:
@@ -138,10 +183,11 @@ def check_run_limit(s: Session, account_id: int) -> None:
         )
 
 
-def _claimed_by_live_run(s: Session, account_id: int, name: str) -> bool:
-    """A run that has not ended yet holds its output name before the model is registered."""
-    live = s.scalars(runs_query(account_id).where(Run.state.not_in([st.value for st in TERMINAL])))
-    return any(r.extra.get("output_name") == name for r in live)
+def _hold_files(s: Session, datasets: list[DatasetChoice], field: str) -> None:
+    for d in datasets:
+        lock_row(s, d.file)
+        if d.file.deleted_at is not None:
+            raise InvalidParameter(field, f"file {d.file.key} has been deleted")
 
 
 def _check_formats(datasets: list[DatasetChoice], train_mode: str, field: str) -> None:

@@ -259,7 +259,7 @@ class Scheduler:
     def _register_output(self, s: Any, run: Run) -> None:
         """The produced model joins the registry (with its lineage) and the step metrics become a file."""
         info = run.handle["model"]
-        name = str(run.extra.get("output_name") or f"{run.base_model}-ft-{run.key}")
+        name = run.output_name or f"{run.base_model}-ft-{run.key}"
         model = register_output(
             s, run.account_id, name, str(info["path"]), str(info.get("kind", "full")), run.base_model, run.id
         )

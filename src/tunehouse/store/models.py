@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -124,7 +125,11 @@ class Job(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (UniqueConstraint("job_id", "version", name="uq_runs_job_id_version"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "version", name="uq_runs_job_id_version"),
+        # Output names are looked up within an account (name conflicts, checkpoint model names).
+        Index("ix_runs_account_id_output_name", "account_id", "output_name"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(16), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -136,6 +141,8 @@ class Run(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     dataset: Mapped[dict[str, Any]] = mapped_column(default=dict)
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)  # dialect-opaque settings, stored and echoed
+    # The model this run produces is registered under this name; held from creation so no other run takes it.
+    output_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     progress: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)

@@ -49,9 +49,17 @@ from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import METHODS, TINY_MODEL, TRAIN_MODES
-from tunehouse.core.errors import Conflict, DomainError, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import (
+    Conflict,
+    DomainError,
+    FileInUse,
+    InvalidParameter,
+    NameTaken,
+    NotFound,
+    QuotaExceeded,
+)
 from tunehouse.core.events import events_page
-from tunehouse.core.states import TERMINAL, RunState
+from tunehouse.core.follow import RunFollower, Tick
 from tunehouse.store.models import Job, Model, Run
 
 router = APIRouter(include_in_schema=False)
@@ -71,9 +79,6 @@ templates.env.filters.update(
 )
 
 JOBS_PAGE_SIZE = 20
-STREAM_POLL_S = 0.5
-STREAM_BATCH = 500
-KEEPALIVE_S = 15.0
 MODE_LABELS = {"sft": "SFT (supervised)", "pretrain": "Continued pre-training", "dpo": "DPO (preferences)"}
 METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA"}
 # Fixed notices after a redirect: the query string names one, it never carries text of its own.
@@ -612,6 +617,8 @@ async def create_run(
                 if e.resource == "job":
                     return not_found(request, session, "job")
                 errors["datasets"] = e.message
+            except NameTaken as e:
+                errors["output_name"] = e.message
             except (InvalidParameter, Conflict, QuotaExceeded) as e:
                 errors[getattr(e, "field", "form")] = e.message
             except ValueError as e:  # e.g. a train mode the data layer does not support yet
@@ -753,52 +760,30 @@ async def run_stream(
         # A reconnecting EventSource resumes after the last event it received.
         after = max(after, int(last_id))
 
-    def poll(after_seq: int) -> tuple[dict[str, Any], list[dict[str, Any]], bool] | None:
-        with ctx.db.session() as s:
-            try:
-                run = run_svc.get_run(s, account, key=run_key)
-            except NotFound:
-                return None
-            # State first, then events: every event stored before the run ended is in this batch or later.
-            terminal = RunState(run.state) in TERMINAL
-            batch = events_page(s, run, after_seq=after_seq, limit=STREAM_BATCH)
-            snapshot = views.run_snapshot(run, _output(s, account, run))
-            checkpoints = [views.checkpoint_row(c) for c in run_svc.checkpoints(s, run)]
-        snapshot["checkpoints"] = checkpoints
-        return snapshot, [views.client_event(e) for e in batch], terminal and len(batch) < STREAM_BATCH
+    def view(s: Any, run: Run) -> dict[str, Any]:
+        snapshot = views.run_snapshot(run, _output(s, account, run))
+        snapshot["checkpoints"] = [views.checkpoint_row(c) for c in run_svc.checkpoints(s, run)]
+        return snapshot
 
-    first = await run_in_threadpool(poll, after)
+    follower = RunFollower(ctx.db.session, lambda s: run_svc.get_run(s, account, key=run_key), view, after)
+    first = await run_in_threadpool(follower.poll)
     if first is None:
         raise HTTPException(status_code=404, detail="no such run")
 
     async def gen() -> Any:
-        seq = after
         shown: dict[str, Any] | None = None
-        result: tuple[dict[str, Any], list[dict[str, Any]], bool] | None = first
-        quiet = 0.0
         yield "retry: 2000\n\n"
-        while result is not None:
-            snapshot, batch, done = result
-            for ev in batch:
-                seq = ev["seq"]
-                yield _sse("event", ev, seq)
-            if snapshot != shown:
-                shown = snapshot
-                yield _sse("run", snapshot)
-            if done:
-                yield _sse("end", {"state": snapshot["state"]})
-                return
-            if batch:
-                quiet = 0.0
-            else:
-                quiet += STREAM_POLL_S
-                if quiet >= KEEPALIVE_S:
-                    quiet = 0.0
-                    yield ": keepalive\n\n"
-                await asyncio.sleep(STREAM_POLL_S)
-            if await request.is_disconnected():
-                return
-            result = await run_in_threadpool(poll, seq)
+        async for tick in follower.ticks(first, disconnected=request.is_disconnected):
+            if not isinstance(tick, Tick):  # nothing new for a while
+                yield ": keepalive\n\n"
+                continue
+            for e in tick.events:
+                yield _sse("event", views.client_event(e), e.seq)
+            if tick.view != shown:
+                shown = tick.view
+                yield _sse("run", tick.view)
+            if tick.ended:
+                yield _sse("end", {"state": tick.view["state"]})
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(gen(), media_type="text/event-stream", headers=headers)
@@ -923,11 +908,15 @@ def delete_file(
     ctx: AppContext = Depends(get_ctx),
     session: ConsoleSession = Depends(form_post),
 ) -> Response:
-    with ctx.db.session() as s:
-        try:
+    try:
+        with ctx.db.session() as s:
             file_svc.delete_file(s, file_svc.get_file(s, _account(session), key=file_key))
-        except NotFound:
-            return not_found(request, session, "file")
+    except NotFound:
+        return not_found(request, session, "file")
+    except FileInUse as e:
+        runs = ", ".join(r.key for r in e.runs)
+        message = f"This file is used by runs that have not ended ({runs}); stop them or let them finish."
+        return _files_page(request, ctx, session, status=409, error=message)
     return redirect("/console/files?done=file-deleted")
 
 

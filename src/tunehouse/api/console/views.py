@@ -8,7 +8,9 @@ from typing import Any
 
 from tunehouse.contract.hyperparameters import TINY_MODEL, rules
 from tunehouse.core import catalog
+from tunehouse.core.clock import utcnow
 from tunehouse.core.events import TRAINER_STATUS
+from tunehouse.core.runs import estimated_finish
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Checkpoint, Event, Model, Run
 
@@ -141,6 +143,8 @@ def output_model_view(m: Model | None) -> dict[str, Any] | None:
 def run_snapshot(run: Run, output: Model | None) -> dict[str, Any]:
     """The run's headline numbers: rendered into the page and pushed again over SSE as they change."""
     metrics = dict(run.metrics or {})
+    now = utcnow()
+    finish = estimated_finish(run, now)  # from the same instant: the figure moves only with the trainer's
     return {
         "key": run.key,
         "state": run.state,
@@ -149,7 +153,7 @@ def run_snapshot(run: Run, output: Model | None) -> dict[str, Any]:
         "total_steps": run.total_steps,
         "progress": run.progress,
         "tokens_per_second": fmt_num(metrics.get("tokens_per_second")),
-        "eta": fmt_duration(metrics.get("eta_seconds")) if run.state == RunState.RUNNING else "—",
+        "eta": fmt_duration((finish - now).total_seconds()) if finish is not None else "—",
         "train_loss": fmt_num(metrics.get("train_loss")),
         "eval_loss": fmt_num(metrics.get("eval_loss")),
         "error": run.error or "",

@@ -15,7 +15,15 @@ from starlette.requests import ClientDisconnect
 from tunehouse.api.dashscope import names
 from tunehouse.api.envelopes import KIND_STATUS, bounded, request_id
 from tunehouse.api.rate_limit import RateLimited
-from tunehouse.core.errors import Conflict, InvalidInput, InvalidParameter, NotFound, QuotaExceeded
+from tunehouse.core.errors import (
+    Conflict,
+    FileInUse,
+    InvalidInput,
+    InvalidParameter,
+    NameTaken,
+    NotFound,
+    QuotaExceeded,
+)
 from tunehouse.core.storage import NO_SPACE_MESSAGE, out_of_space
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,11 @@ def failure(exc: Exception) -> Response:
         return ds_error(400, "InvalidParameter", f"{field}: {exc.message}")
     if isinstance(exc, NotFound):
         return ds_error(404, "NotFound", f"Not found! {exc.message}")
+    if isinstance(exc, NameTaken):
+        return ds_error(409, "Conflict", exc.message)
+    if isinstance(exc, FileInUse):
+        ids = ", ".join(names.job_id(r.key, r.created_at) for r in exc.runs)
+        return ds_error(400, "UnsupportedOperation", f"The file is used by unfinished fine-tune job(s) {ids}")
     if isinstance(exc, Conflict):
         return ds_error(400, "UnsupportedOperation", exc.message)
     if isinstance(exc, QuotaExceeded):

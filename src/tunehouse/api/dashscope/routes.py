@@ -5,7 +5,6 @@ A DashScope fine-tune job is a core run; creating one creates its job and first 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -33,11 +32,14 @@ from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
-from tunehouse.core.events import events_page
+from tunehouse.core.errors import (
+    InvalidParameter,
+    NotFound,
+)
 from tunehouse.core.file_keys import file_keys
+from tunehouse.core.follow import RunFollower, Tick
 from tunehouse.core.ids import strip_prefix
-from tunehouse.core.registry import base_models, resolve_model
+from tunehouse.core.registry import resolve_model
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Event, File, Job, Model, Run
 
@@ -49,9 +51,6 @@ DEFAULT_WORKSPACE = "default"
 FAILED_CODE = "TrainingFailed"
 PAGE_SIZE_MAX = 100
 LOG_LINES_MAX = 1000
-STREAM_POLL_S = 0.5
-STREAM_KEEPALIVE_S = 15.0
-STREAM_BATCH = 500
 # Generated names must stay within the models table's 128 characters.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -229,28 +228,12 @@ def get_file(
         return _data(render_file(_file(s, caller, file_id)))
 
 
-def _live_runs_using(s: Session, account_id: int, file_row: File) -> list[Run]:
-    live = s.scalars(run_svc.runs_query(account_id).where(Run.state.not_in([str(t) for t in TERMINAL])))
-    return [
-        r
-        for r in live
-        if file_row.id in r.dataset.get("files", []) or file_row.id in r.dataset.get("validation_files", [])
-    ]
-
-
 @router.delete("/files/{file_id}")
 def delete_file(
     file_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(ds_caller)
 ) -> JSONResponse:
     with ctx.db.session() as s:
-        row = _file(s, caller, file_id)
-        users = _live_runs_using(s, caller.account_id, row)
-        if users:
-            ids = ", ".join(names.job_id(r.key, r.created_at) for r in users)
-            raise ApiError(
-                400, "UnsupportedOperation", f"The file is used by unfinished fine-tune job(s) {ids}"
-            )
-        file_svc.delete_file(s, row)
+        file_svc.delete_file(s, _file(s, caller, file_id))  # refused (FileInUse) while a live job uses it
     return _data({"deleted": True})
 
 
@@ -295,7 +278,7 @@ def render_job(s: Session, run: Run, caller: Caller, status: str | None = None) 
         out["end_time"] = names.ds_time(run.finished_at)
     if status == names.SUCCEEDED:
         model = s.get(Model, run.output_model_id) if run.output_model_id is not None else None
-        out["finetuned_output"] = model.name if model is not None else run.extra.get("output_name", "")
+        out["finetuned_output"] = model.name if model is not None else run.output_name or ""
     if status in (names.SUCCEEDED, names.CANCELED):
         out["usage"] = int(run.metrics.get("trained_tokens") or 0)
     if status == names.FAILED:
@@ -327,7 +310,7 @@ def _run(s: Session, caller: Caller, job_id: str) -> Run:
 # ---- fine-tunes: create ----------------------------------------------------------------------------
 
 
-def _output_name(s: Session, account_id: int, body: CreateFineTune) -> str | None:
+def _output_name(body: CreateFineTune) -> str | None:
     """model_name (2.x) or its 1.x alias finetuned_output; else a name built with the optional suffix."""
     name = optional_str(body.model_name, "model_name") or optional_str(
         body.finetuned_output, "finetuned_output"
@@ -347,13 +330,7 @@ def _output_name(s: Session, account_id: int, body: CreateFineTune) -> str | Non
             "InvalidParameter",
             "model_name: 1-100 letters, digits, '_', '.', ':', '-', starting with a letter or digit",
         )
-    taken = f"Model name {name} already exists, please specify another name"
-    if name in {m.name for m in base_models(s)}:
-        raise ApiError(409, "Conflict", taken)
-    # The core checks finished models; a run still training holds its name too.
-    unfinished = s.scalars(run_svc.runs_query(account_id).where(Run.state.not_in([str(t) for t in TERMINAL])))
-    if any(r.extra.get("output_name") == name for r in unfinished):
-        raise ApiError(409, "Conflict", taken)
+    # Whether it is free (not a base model's, not taken in the account) is the core's rule, at create.
     return name  # the pattern admits no braces, so the core's {key}/{base} expansion leaves it alone
 
 
@@ -391,7 +368,7 @@ def create_fine_tune(s: Session, caller: Caller, body: CreateFineTune) -> dict[s
     canonical, split_ratio = names.hyperparameters_in(hyper, seq_choices, bool(validation_ids))
     datasets = _datasets(s, caller, train_ids, "training_file_ids")
     validation = _datasets(s, caller, validation_ids, "validation_file_ids")
-    output_name = _output_name(s, caller.account_id, body)
+    output_name = _output_name(body)
     job = job_svc.create_job(s, caller.account_id, _core_job_name(job_name, model))
     job.workspace = caller.workspace
     extra = {
@@ -400,24 +377,21 @@ def create_fine_tune(s: Session, caller: Caller, body: CreateFineTune) -> dict[s
             **({"job_name": job_name} if job_name else {}),
         }
     }
-    try:
-        run = run_svc.create_run(
-            s,
-            job,
-            method,
-            canonical,
-            datasets,
-            split_ratio=split_ratio,
-            model=model,
-            train_mode=train_mode,
-            extra=extra,
-            validation=validation,
-            output_name=output_name,
-        )
-    except Conflict as e:
-        raise ApiError(409, "Conflict", e.message) from None
-    # The job was just accepted and nothing has picked it up: the spec's PENDING.
-    return render_job(s, run, caller, status=names.PENDING)
+    run = run_svc.create_run(
+        s,
+        job,
+        method,
+        canonical,
+        datasets,
+        split_ratio=split_ratio,
+        model=model,
+        train_mode=train_mode,
+        extra=extra,
+        validation=validation,
+        output_name=output_name,
+    )
+    # The job was just accepted and nothing has picked it up: the spec's PENDING (unless it failed at once).
+    return render_job(s, run, caller, status=names.PENDING if run.state == RunState.QUEUED else None)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -536,41 +510,26 @@ async def stream_fine_tune(
 
     run_id = await run_in_threadpool(lookup)  # an unknown id is a plain JSON 404, before any SSE
 
-    def poll(after: int) -> tuple[str | None, list[tuple[int, Any, str, dict[str, Any]]]]:
-        with ctx.db.session() as s:
-            run = s.get(Run, run_id)
-            if run is None or run.deleted_at is not None:
-                return None, []
-            # The state is read before the events: once it is terminal, every event up to it is visible.
-            status = names.status_of(run.state)
-            rows = events_page(s, run, after_seq=after, limit=STREAM_BATCH)
-            return status, [(e.seq, e.time, e.type, dict(e.payload)) for e in rows]
+    follower = RunFollower(
+        ctx.db.session,
+        lambda s: s.get(Run, run_id),
+        lambda s, run: None,
+        # A paused run reads CANCELED here: for this dialect its record has ended.
+        ended=lambda run: names.status_of(run.state) in names.TERMINAL,
+    )
 
     async def frames() -> AsyncIterator[str]:
-        after, current = 0, names.PENDING
-        quiet = 0.0
-        while True:
-            status, rows = await run_in_threadpool(poll, after)
-            if status is None:
-                return
-            for seq, time, type_, payload in rows:
-                if type_ == "status":
-                    current = names.event_status(payload)
-                line = names.log_line(time, type_, payload)
-                yield _frame(seq, {"job_id": job_id, "status": current, "log": line})
-                after = seq
-            if len(rows) == STREAM_BATCH:
+        current = names.PENDING
+        async for tick in follower.ticks():
+            if not isinstance(tick, Tick):  # nothing new for a while
+                yield ": keep-alive\n\n"  # a comment line; both SDKs skip it
                 continue
-            if status in names.TERMINAL:
-                return  # the SDK has no done marker: the end of the stream is the end of the job
-            if rows:
-                quiet = 0.0
-            else:
-                quiet += STREAM_POLL_S
-                if quiet >= STREAM_KEEPALIVE_S:
-                    quiet = 0.0
-                    yield ": keep-alive\n\n"  # a comment line; both SDKs skip it
-            await asyncio.sleep(STREAM_POLL_S)
+            for e in tick.events:
+                if e.type == "status":
+                    current = names.event_status(e.payload)
+                line = names.log_line(e.time, e.type, e.payload)
+                yield _frame(e.seq, {"job_id": job_id, "status": current, "log": line})
+        # The SDK has no done marker: the end of the stream is the end of the job.
 
     rid = request_id()
     return StreamingResponse(

@@ -19,7 +19,7 @@ from tunehouse.api.openai.auth import openai_caller as caller_dep
 from tunehouse.api.openai.common import bad_cursor, limit_param, listing
 from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.core import files as file_svc
-from tunehouse.core.errors import InvalidParameter, NotFound
+from tunehouse.core.errors import FileInUse, InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix
 from tunehouse.store.models import File
 
@@ -195,10 +195,20 @@ def retrieve_file(
 def delete_file(
     file_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(caller_dep)
 ) -> JSONResponse:
-    # Soft delete: jobs that trained on it keep their record (OpenAI lets such files go as well).
+    # Soft delete: jobs that trained on it keep their record. One that has not finished still reads it.
     with ctx.db.session() as s:
         row = lookup(s, caller, file_id)
-        file_svc.delete_file(s, row)
+        try:
+            file_svc.delete_file(s, row)
+        except FileInUse as e:
+            jobs = ", ".join(names.job_id(r.key) for r in e.runs)
+            # 400, not 409: the file stays in use until those jobs end, which no retry waits for.
+            raise OpenAIError(
+                400,
+                f"File {file_id} is used by fine-tuning job(s) that have not finished: {jobs}. "
+                "Cancel them or wait for them to finish first.",
+                code="invalid_state",
+            ) from None
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 

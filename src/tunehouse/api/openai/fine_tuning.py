@@ -6,8 +6,6 @@ the account is visible here (as `ftjob-<key>`), whichever dialect created it.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -33,14 +31,13 @@ from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
 from tunehouse.core.events import record_event
 from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
-from tunehouse.core.registry import ResolvedModel, resolve_model
+from tunehouse.core.registry import ResolvedModel, resolve_model, run_by_output_name
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Checkpoint, Event, File, Model, Run
 
 router = APIRouter(prefix="/v1/fine_tuning", route_class=OpenAIRoute)
 
 CORE_METHOD = "lora"  # OpenAI does not say how it tunes; adapters are the cheap, resumable choice
-MIN_EXAMPLES = 10
 JOBS_DEFAULT, EVENTS_DEFAULT, CHECKPOINTS_DEFAULT, PAGE_MAX = 20, 20, 10, 100
 
 
@@ -115,9 +112,8 @@ def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
     if run.state == RunState.SUCCEEDED and run.output_model_id is not None:
         out = s.get(Model, run.output_model_id)
         fine_tuned = out.name if out is not None else None
-    estimated = None
-    if run.state == RunState.RUNNING and run.metrics.get("eta_seconds") is not None:
-        estimated = int(time.time() + float(run.metrics["eta_seconds"]))
+    finish = run_svc.estimated_finish(run)
+    estimated = int(finish.timestamp()) if finish is not None else None
     method: dict[str, Any] | None = None
     if method_type is not None:
         method = {"type": method_type, method_type: {"hyperparameters": hyper}}
@@ -191,23 +187,10 @@ def _starting_point(s: Session, caller: Caller, model: str) -> tuple[ResolvedMod
         parsed = names.parse_checkpoint_model(model)
         if parsed is None:
             raise unknown from None
-    source = _run_by_output_name(s, caller, parsed[0])
+    source = run_by_output_name(s, caller.account_id, parsed[0])
     if source is None or not any(c.step == parsed[1] for c in run_svc.checkpoints(s, source)):
         raise unknown
     return resolve_model(s, caller.account_id, source.base_model), (source, parsed[1])
-
-
-def _run_by_output_name(s: Session, caller: Caller, name: str) -> Run | None:
-    # The name's last segment is the run key for names this dialect made; others are found by scanning.
-    tail = name.rsplit(":", 1)[-1]
-    q = run_svc.runs_query(caller.account_id)
-    for run in s.scalars(q.where(Run.key == tail)):
-        if run.extra.get("output_name") == name:
-            return run
-    for run in s.scalars(q.order_by(Run.id.desc()).execution_options(yield_per=200)):
-        if run.extra.get("output_name") == name:
-            return run
-    return None
 
 
 _HYPER_FIELD_OUT = {v: k for k, v in names.DPO_HYPER_IN.items()}
@@ -265,7 +248,7 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: CreateFineTuningJob
     validation = [_dataset(s, caller, validation_id, "validation_file")] if validation_id else []
     # A checkpoint at the end of every epoch, as OpenAI keeps them (not asked of the caller).
     batch = int(canonical.get("batch_size") or next(p.default for p in params if p.key == "batch_size"))
-    canonical["save_steps"] = max(1, math.ceil(training.rows / batch))
+    canonical["save_steps"] = run_svc.epoch_save_steps(training.rows, batch)
     output_name = names.output_name_template(base, caller.organization_id, suffix)
     if len(output_name.format(key="k" * 12)) > names.MODEL_NAME_MAX:
         raise OpenAIError(
@@ -298,6 +281,7 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: CreateFineTuningJob
             validation=[run_svc.DatasetChoice(v) for v in validation],
             increment_from=increment,
             output_name=output_name,
+            check_examples=False,  # below, after the validation log line OpenAI shows first
         )
     except InvalidParameter as e:
         raise _core_error(e, where, default_lr) from None
@@ -311,16 +295,12 @@ def create_fine_tuning_job(s: Session, caller: Caller, body: CreateFineTuningJob
         "log",
         {"message": checked + (f" and validation file: {validation_id}" if validation_id else "")},
     )
-    if training.rows < MIN_EXAMPLES:
-        # Accepted, then failed in validation, as OpenAI reports it: through the job, not the HTTP status.
-        message = (
-            f"Training file has {training.rows} example(s), but must have at least {MIN_EXAMPLES} examples"
-        )
+    # Accepted, then failed in validation, as OpenAI reports it: through the job, not the HTTP status.
+    if run_svc.fail_if_too_few_examples(s, run, [run_svc.DatasetChoice(training)]) is not None:
         run.extra = {
             **run.extra,
             "openai": {**extra["openai"], "error": {"code": "invalid_n_examples", "param": "training_file"}},
         }
-        run_svc.move(s, run, RunState.FAILED, error=message)
     else:
         record_event(s, run, "log", {"message": "Files validated, moving job to queued state"})
     return render_job(s, run, caller)
@@ -516,7 +496,7 @@ def list_events(
     with ctx.db.session() as s:
         run = _run(s, caller, job_id)
         before = _cursor_number(request.query_params.get("after") or None, f"{names.EVENT_PREFIX}{run.key}-")
-        model_name = str(run.extra.get("output_name", ""))
+        model_name = run.output_name or ""
         q = select(Event).where(Event.run_id == run.id, Event.type != "progress")
         if before is not None:
             q = q.where(Event.seq < before)
@@ -569,7 +549,7 @@ def _checkpoint(run: Run, c: Checkpoint) -> dict[str, Any]:
         "object": "fine_tuning.job.checkpoint",
         "id": f"{names.CHECKPOINT_PREFIX}{run.key}_{c.step}",
         "created_at": int(c.created_at.timestamp()),
-        "fine_tuned_model_checkpoint": names.checkpoint_model(str(run.extra.get("output_name", "")), c.step),
+        "fine_tuned_model_checkpoint": names.checkpoint_model(run.output_name or "", c.step),
         "fine_tuning_job_id": names.job_id(run.key),
         "step_number": c.step,
         "metrics": metrics,
@@ -601,7 +581,7 @@ def _own_model(s: Session, caller: Caller, name: str) -> None:
         return
     parsed = names.parse_checkpoint_model(name)
     if parsed is not None:
-        source = _run_by_output_name(s, caller, parsed[0])
+        source = run_by_output_name(s, caller.account_id, parsed[0])
         if source is not None and any(c.step == parsed[1] for c in run_svc.checkpoints(s, source)):
             return
     raise OpenAIError(
