@@ -5,10 +5,9 @@ Four runs in this process, one after the other, on the same device, the same ran
 model (same init), the same synthetic chat-like data and the same examples in the same order per
 optimizer step (so the same tokens per step and, up to kernel rounding, the same losses):
 
-- ``tunehouse``: tunehouse.trainer.loop.Trainer.train_step, the step the real loop runs (the step's
-  examples packed into balanced rows with per-example position ids, loss normalized over the step).
-  The full entry point with its events and checkpoints is the next step, once the loop is split into
-  modules.
+- ``tunehouse``: our trainer's entry point (``run_training``, what a real run starts: it loads the
+  saved model and tokenizer, reads and tokenizes a data file, writes its events, a final checkpoint
+  and the model), full fine-tuning in pretrain mode on the same ids written as text, packed.
 - ``hf_padded``: transformers.Trainer, each batch padded to its longest example (dynamic padding),
   AdamW (``adamw_torch``). What /work/shared/bench/peer_hf_trainer.py measures.
 - ``hf_padding_free``: transformers.Trainer with ``DataCollatorWithFlattening`` (the step's examples
@@ -81,7 +80,8 @@ def make_lengths(n: int, median: int, max_len: int, seed: int) -> list[int]:
 
 def make_sequences(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    # Each ends with the EOS id (0), as a tokenized document does, so our text path adds none.
+    return [torch.randint(1, vocab, (n - 1,), generator=g).tolist() + [0] for n in lengths]
 
 
 def fresh_model(config, seed: int):
@@ -233,14 +233,23 @@ def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
 
 
 def bench_tokenizer(vocab: int):
-    """A word-level tokenizer over the ids themselves: SFTTrainer wants one for its pad id; the data is
-    already token ids, so it never tokenizes anything."""
-    from tokenizers import Tokenizer
+    """A tokenizer whose every token is an added token "<id>" ("<17><4><0>" -> [17, 4, 0]): SFTTrainer
+    wants one for its pad id and never tokenizes the peers' ids; our run reads its data as text through
+    it. Added tokens are matched before any pre-tokenization, so they survive transformers loading a
+    Qwen2 model's tokenizer as its own Qwen2Tokenizer class (byte-level BPE)."""
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(WordLevel({str(i): i for i in range(vocab)}, unk_token="0"))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="0", eos_token="0", unk_token="0")
+    words = [as_word(i) for i in range(vocab)]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.add_tokens([AddedToken(w, normalized=False, special=False) for w in words])
+    zero = words[0]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=zero, eos_token=zero, unk_token=zero)
+
+
+def as_word(token_id: int) -> str:
+    return f"<{token_id}>"
 
 
 def run_trl(config, steps: list[list[list[int]]], args) -> dict:
@@ -283,45 +292,76 @@ def run_trl(config, steps: list[list[list[int]]], args) -> dict:
     return finish(meter, losses)
 
 
-def run_ours(config, steps: list[list[list[int]]], args) -> dict:
-    from tunehouse.contract.spec import RunSpec
+def clock_events(path: Path, meter: Meter, warmup: int, steps: int, losses: list[float]):
+    """Our run's event writer (the real one, writing its file): it starts the clock at the warm-up
+    step's progress event, stops it at the last step's, and collects the per-step losses."""
     from tunehouse.trainer.events import EventWriter
-    from tunehouse.trainer.loop import Trainer
-    from tunehouse.trainer.stop import StopFlag
-    from tunehouse.trainer.tokenization import Example
 
+    class Clocked(EventWriter):
+        def emit(self, type_, payload):
+            event = super().emit(type_, payload)
+            if type_ == "progress":
+                if payload["step"] == warmup:
+                    meter.start()
+                elif payload["step"] == steps:
+                    meter.stop()
+            elif type_ == "metrics" and "train_loss" in payload:
+                losses.append(float(payload["train_loss"]))
+            return event
+
+    return Clocked(path, stream=None)
+
+
+def write_bench_model(config, seed: int, dest: Path) -> None:
+    """The bench's model (same init as the peers') and its tokenizer, saved the way a real base is."""
+    fresh_model(config, seed).save_pretrained(dest)
+    bench_tokenizer(config.vocab_size).save_pretrained(dest)
+
+
+def run_ours(config, steps: list[list[list[int]]], args) -> dict:
+    """Our trainer's entry point, the same one a real run starts (its events, its final checkpoint and
+    model), on a pretrain text file of the ids: the word-level tokenizer maps each back to itself, and
+    every sequence already ends with the EOS id, so the examples are the peers' token for token. The
+    file's rows are laid out so that the run's seeded shuffle yields the bench's steps in order."""
+    from tunehouse.contract.spec import RunSpec
+    from tunehouse.trainer.loop import epoch_order, run_training
+    from tunehouse.trainer.stop import StopFlag
+
+    seqs = [s for step in steps for s in step]
+    order = epoch_order(len(seqs), args.seed, 0)
+    rows: list[list[int]] = [[] for _ in seqs]
+    for position, row in enumerate(order):
+        rows[row] = seqs[position]
     meter, losses = Meter(), []
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_bench_model(config, args.seed, root / "model")
+        data = root / "train.jsonl"
+        data.write_text("".join(json.dumps({"text": "".join(map(as_word, r))}) + "\n" for r in rows))
         spec = RunSpec(
             run_id="bench",
-            model_path=Path(out),
+            model_path=root / "model",
             method="full",
-            train_mode="sft",
-            train_files=[Path(out) / "unused.jsonl"],
-            output_dir=Path(out),
+            train_mode="pretrain",
+            train_files=[data],
+            output_dir=root / "out",
             hyperparameters={
                 "batch_size": args.batch,
                 "max_seq_len": args.max_len,
                 "learning_rate": LR,
                 "weight_decay": WEIGHT_DECAY,
                 "max_grad_norm": MAX_GRAD_NORM,
+                "lr_scheduler_type": "constant",
                 "packing": True,
+                "logging_steps": 1,  # per-step losses, as the peers log them
+                "seed": args.seed,
             },
         )
-        trainer = Trainer(spec, EventWriter(None, None), StopFlag())
-        model = fresh_model(config, args.seed).to(trainer.device)
-        model.train()
-        optimizer = trainer._optimizer(model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        for number, step in enumerate(steps):
-            if number == args.warmup:
-                meter.start()
-            examples = [Example(s, list(s)) for s in step]
-            idx = list(range(number * args.batch, (number + 1) * args.batch))
-            result, _ = trainer.train_step(model, optimizer, scheduler, examples, idx, number + 1)
-            losses.append(result.loss)
-        meter.stop()
-    del model, optimizer
+        events = clock_events(spec.events_path, meter, args.warmup, len(steps), losses)
+        with events:
+            code = run_training(spec, events, StopFlag())
+        if code != 0:
+            raise RuntimeError(f"our run exited with {code}; events in {spec.events_path}")
     return finish(meter, losses)
 
 
