@@ -61,13 +61,19 @@ def _segment(
     scale: float | None,
     window: int | None,
 ) -> torch.Tensor:
-    """Causal attention of one example (B, H, n, D), optionally within a sliding window."""
+    """Causal attention of one example (B, H, n, D), optionally within a sliding window; the key and
+    value heads are shared by groups of query heads without being copied (SDPA's enable_gqa)."""
     n = q.shape[2]
+    gqa = q.shape[1] != k.shape[1]
     if window is None or n <= window:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
+        )
     i = torch.arange(n, device=q.device)
     allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale, enable_gqa=gqa
+    )
 
 
 def _bounds(cu_seq_lens: torch.Tensor | None, length: int) -> list[int]:
@@ -129,34 +135,47 @@ def varlen_sdpa_forward(
         out = _varlen_attn(q, k, v, bounds, bounds, max_length, max_length, scale=scaling, **extra)
         return out.reshape(batch, length, heads, -1), None
 
-    key, value = _expand_kv(key, groups), _expand_kv(value, groups)
+    # Split, not sliced: a split's backward writes each piece's gradient into one buffer, where slices
+    # would each zero-fill and add up a gradient the size of the whole row.
     rows = []
-    for b in range(batch):
-        q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
+    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1), strict=True)):
         if attention_mask is not None:
             mask = attention_mask[b].bool()
             n = int(mask.sum())
             if not _is_prefix(mask, n):  # left padding: this row with an explicit mask
-                i = torch.arange(length, device=query.device)
-                allowed = (i[None, :] <= i[:, None]) & mask[None, :]
-                if sliding_window is not None:
-                    allowed &= i[:, None] - i[None, :] < sliding_window
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling
-                )
-                rows.append(out.nan_to_num(0.0))  # fully masked pad queries
+                rows.append(_masked_row(q, k, v, mask, dropout, scaling, sliding_window))
                 continue
             bounds = [0, n] if n == length else [0, n, length]
         else:
             bounds = _bounds(cu_seq_lens, length)
+        sizes = [e - s for s, e in zip(bounds, bounds[1:], strict=False) if e > s]
         parts = [
-            _segment(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], dropout, scaling, sliding_window)
-            for s, e in zip(bounds, bounds[1:], strict=False)
-            if e > s
+            _segment(qs, ks, vs, dropout, scaling, sliding_window).transpose(1, 2)
+            for qs, ks, vs in zip(q.split(sizes, 2), k.split(sizes, 2), v.split(sizes, 2), strict=True)
         ]
-        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
-    out = rows[0] if batch == 1 else torch.cat(rows, dim=0)
-    return out.transpose(1, 2).contiguous(), None
+        # (1, n, H, D) pieces joined along the sequence: one copy into the (B, T, H, D) layout out.
+        rows.append(parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=1))
+    return (rows[0] if batch == 1 else torch.cat(rows, dim=0)), None
+
+
+def _masked_row(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: float,
+    scale: float | None,
+    window: int | None,
+) -> torch.Tensor:
+    """One row whose padding is not all at the end, under an explicit mask; (1, T, H, D)."""
+    i = torch.arange(q.shape[2], device=q.device)
+    allowed = (i[None, :] <= i[:, None]) & mask[None, :]
+    if window is not None:
+        allowed &= i[:, None] - i[None, :] < window
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.nan_to_num(0.0).transpose(1, 2).contiguous()  # fully masked pad queries give NaN
 
 
 def register() -> None:
