@@ -5,10 +5,9 @@ Four runs in this process, one after the other, on the same device, the same ran
 model (same init), the same synthetic chat-like data and the same examples in the same order per
 optimizer step (so the same tokens per step and, up to kernel rounding, the same losses):
 
-- ``tunehouse``: tunehouse.trainer.loop.Trainer.train_step, the step the real loop runs (the step's
-  examples packed into balanced rows with per-example position ids, loss normalized over the step).
-  The full entry point with its events and checkpoints is the next step, once the loop is split into
-  modules.
+- ``tunehouse``: our trainer's entry point (``run_training``, what a real run starts: it loads the
+  saved model and tokenizer, reads and tokenizes a data file, writes its events, a final checkpoint
+  and the model), full fine-tuning in pretrain mode on the same ids written as text, packed.
 - ``hf_padded``: transformers.Trainer, each batch padded to its longest example (dynamic padding),
   AdamW (``adamw_torch``). What /work/shared/bench/peer_hf_trainer.py measures.
 - ``hf_padding_free``: transformers.Trainer with ``DataCollatorWithFlattening`` (the step's examples
@@ -36,10 +35,13 @@ busy machine):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import importlib.metadata
 import json
 import math
 import random
+import sys
 import tempfile
 import threading
 import time
@@ -52,16 +54,45 @@ import torch
 
 LR = 1e-5
 WEIGHT_DECAY = 0.01
+LORA_RANK, LORA_ALPHA = 16, 32
 MAX_GRAD_NORM = 1.0
 CUDA = torch.cuda.is_available()
 # Dense bf16 peak FLOP/s by device name substring, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
-def make_config(vocab: int, hidden: int, layers: int):
-    from transformers import Qwen2Config
+def make_config(vocab: int, hidden: int, layers: int, shape: str = "custom", family: str = "qwen2"):
+    """The bench's model config: a small Qwen2 (or Llama) shape from the sizes given, or a named real
+    shape (weights random all the same; nothing is downloaded)."""
+    from transformers import LlamaConfig, Qwen2Config
 
-    return Qwen2Config(
+    if shape == "qwen2.5-0.5b":
+        return Qwen2Config(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+            use_cache=False,
+        )
+    if shape == "llama3-8b":
+        return LlamaConfig(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            tie_word_embeddings=False,
+            use_cache=False,
+        )
+    return (LlamaConfig if family == "llama" else Qwen2Config)(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 3,
@@ -69,8 +100,22 @@ def make_config(vocab: int, hidden: int, layers: int):
         num_attention_heads=max(1, hidden // 64),
         num_key_value_heads=max(1, hidden // 128),
         max_position_embeddings=4096,
-        tie_word_embeddings=True,
+        tie_word_embeddings=family != "llama",
         use_cache=False,
+    )
+
+
+def lora_config():
+    """The adapter every LoRA run trains: our spec's defaults spelled out for PEFT (no dropout, so the
+    runs stay comparable step for step)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
     )
 
 
@@ -81,27 +126,46 @@ def make_lengths(n: int, median: int, max_len: int, seed: int) -> list[int]:
 
 def make_sequences(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    # Each ends with the EOS id (0), as a tokenized document does, so our text path adds none.
+    return [torch.randint(1, vocab, (n - 1,), generator=g).tolist() + [0] for n in lengths]
 
 
-def fresh_model(config, seed: int):
+def fresh_model(config, seed: int, lora: bool = False, device: str | None = None):
+    """The peers' model: fp32 weights (bf16 autocast on CUDA, as HF Trainer's bf16=True), initialised on
+    the device it trains on (an 8B model's init on the host would take minutes)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    with torch.device(device or ("cuda" if CUDA else "cpu")):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model.config.use_cache = False
+    if lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config())
     return model
 
 
-def model_flops(config, params: int, steps: list[list[list[int]]]) -> float:
-    """Useful training FLOPs of these steps: 6 per weight per token (the tied LM head counted once as a
-    matmul, the embedding lookup not), plus causal attention (QK^T and PV, forward and backward)."""
+def count_params(config) -> int:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+
+
+def model_flops(config, params: int, steps: list[list[list[int]]], lora: bool = False) -> float:
+    """Useful training FLOPs of these steps: 6 per weight per token (4 under LoRA: the frozen weights
+    get no gradient), the LM head counted as a matmul, the embedding lookup not; plus causal attention
+    (QK^T and PV, forward and backward)."""
     matmul_params = params - config.vocab_size * config.hidden_size * (0 if config.tie_word_embeddings else 1)
+    per_weight = 4 if lora else 6
     total = 0.0
     for step in steps:
         for seq in step:
             n = len(seq)
-            total += 6 * matmul_params * n + 6 * config.num_hidden_layers * config.hidden_size * n * n
+            total += (
+                per_weight * matmul_params * n + 6 * config.num_hidden_layers * config.hidden_size * n * n
+            )
     return total
 
 
@@ -221,7 +285,7 @@ def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(**hf_args(out, args.batch, len(steps), optim, remove_unused_columns=False))
         trainer = Trainer(
-            model=fresh_model(config, args.seed),
+            model=fresh_model(config, args.seed, lora=args.method == "lora"),
             args=targs,
             train_dataset=Rows(),
             data_collator=collator,
@@ -233,14 +297,23 @@ def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
 
 
 def bench_tokenizer(vocab: int):
-    """A word-level tokenizer over the ids themselves: SFTTrainer wants one for its pad id; the data is
-    already token ids, so it never tokenizes anything."""
-    from tokenizers import Tokenizer
+    """A tokenizer whose every token is an added token "<id>" ("<17><4><0>" -> [17, 4, 0]): SFTTrainer
+    wants one for its pad id and never tokenizes the peers' ids; our run reads its data as text through
+    it. Added tokens are matched before any pre-tokenization, so they survive transformers loading a
+    Qwen2 model's tokenizer as its own Qwen2Tokenizer class (byte-level BPE)."""
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(WordLevel({str(i): i for i in range(vocab)}, unk_token="0"))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="0", eos_token="0", unk_token="0")
+    words = [as_word(i) for i in range(vocab)]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    tok.add_tokens([AddedToken(w, normalized=False, special=False) for w in words])
+    zero = words[0]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=zero, eos_token=zero, unk_token=zero)
+
+
+def as_word(token_id: int) -> str:
+    return f"<{token_id}>"
 
 
 def run_trl(config, steps: list[list[list[int]]], args) -> dict:
@@ -272,7 +345,7 @@ def run_trl(config, steps: list[list[list[int]]], args) -> dict:
             )
         )
         trainer = SFTTrainer(
-            model=fresh_model(config, args.seed),
+            model=fresh_model(config, args.seed, lora=args.method == "lora"),
             args=cfg,
             train_dataset=packed,
             processing_class=bench_tokenizer(config.vocab_size),
@@ -283,46 +356,96 @@ def run_trl(config, steps: list[list[list[int]]], args) -> dict:
     return finish(meter, losses)
 
 
-def run_ours(config, steps: list[list[list[int]]], args) -> dict:
-    from tunehouse.contract.spec import RunSpec
-    from tunehouse.trainer.events import EventWriter
-    from tunehouse.trainer.loop import Trainer
-    from tunehouse.trainer.stop import StopFlag
-    from tunehouse.trainer.tokenization import Example
+SETUP_LINES = ("model: ", "optimizer: ", "compile: ", "memory plan: ", "steps: ")
 
-    meter, losses = Meter(), []
-    with tempfile.TemporaryDirectory() as out:
+
+def clock_events(path: Path, meter: Meter, warmup: int, steps: int, losses: list[float], setup: list[str]):
+    """Our run's event writer (the real one, writing its file): it starts the clock at the warm-up
+    step's progress event, stops it at the last step's, and collects the per-step losses and the
+    log lines that say how the run was set up (attention, optimizer, compile, loss path)."""
+    from tunehouse.trainer.events import EventWriter
+
+    class Clocked(EventWriter):
+        def emit(self, type_, payload):
+            event = super().emit(type_, payload)
+            if type_ == "progress":
+                if payload["step"] == warmup:
+                    meter.start()
+                elif payload["step"] == steps:
+                    meter.stop()
+            elif type_ == "metrics" and "train_loss" in payload:
+                losses.append(float(payload["train_loss"]))
+            elif type_ == "log" and payload["message"].startswith(SETUP_LINES):
+                setup.append(payload["message"])
+            return event
+
+    return Clocked(path, stream=None)
+
+
+def write_bench_model(config, seed: int, dest: Path) -> None:
+    """The bench's model (same init as the peers') and its tokenizer, saved the way a real base is."""
+    model = fresh_model(config, seed)
+    if CUDA:  # our run loads bf16 weights on CUDA (precision.py): the same rounding, half the bytes
+        model.to(torch.bfloat16)
+    model.save_pretrained(dest)
+    del model
+    if CUDA:
+        torch.cuda.empty_cache()
+    bench_tokenizer(config.vocab_size).save_pretrained(dest)
+
+
+def run_ours(config, steps: list[list[list[int]]], args) -> dict:
+    """Our trainer's entry point, the same one a real run starts (its events, its final checkpoint and
+    model), on a pretrain text file of the ids: the word-level tokenizer maps each back to itself, and
+    every sequence already ends with the EOS id, so the examples are the peers' token for token. The
+    file's rows are laid out so that the run's seeded shuffle yields the bench's steps in order."""
+    from tunehouse.contract.spec import RunSpec
+    from tunehouse.trainer.loop import epoch_order, run_training
+    from tunehouse.trainer.stop import StopFlag
+
+    seqs = [s for step in steps for s in step]
+    order = epoch_order(len(seqs), args.seed, 0)
+    rows: list[list[int]] = [[] for _ in seqs]
+    for position, row in enumerate(order):
+        rows[row] = seqs[position]
+    losses: list[float] = []
+    setup: list[str] = []
+    # tmpfs where there is one: an 8B model is written and read back once.
+    scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        root = Path(tmp)
+        write_bench_model(config, args.seed, root / "model")
+        meter = Meter()  # after the write: its peak memory is the run's own
+        data = root / "train.jsonl"
+        data.write_text("".join(json.dumps({"text": "".join(map(as_word, r))}) + "\n" for r in rows))
         spec = RunSpec(
             run_id="bench",
-            model_path=Path(out),
-            method="full",
-            train_mode="sft",
-            train_files=[Path(out) / "unused.jsonl"],
-            output_dir=Path(out),
+            model_path=root / "model",
+            method=args.method,
+            train_mode="pretrain",
+            train_files=[data],
+            output_dir=root / "out",
             hyperparameters={
                 "batch_size": args.batch,
                 "max_seq_len": args.max_len,
                 "learning_rate": LR,
                 "weight_decay": WEIGHT_DECAY,
                 "max_grad_norm": MAX_GRAD_NORM,
+                "lr_scheduler_type": "constant",
                 "packing": True,
+                "logging_steps": 1,  # per-step losses, as the peers log them
+                "seed": args.seed,
+                "lora_rank": LORA_RANK,
+                "lora_alpha": LORA_ALPHA,
+                "lora_dropout": 0.0,
             },
         )
-        trainer = Trainer(spec, EventWriter(None, None), StopFlag())
-        model = fresh_model(config, args.seed).to(trainer.device)
-        model.train()
-        optimizer = trainer._optimizer(model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        for number, step in enumerate(steps):
-            if number == args.warmup:
-                meter.start()
-            examples = [Example(s, list(s)) for s in step]
-            idx = list(range(number * args.batch, (number + 1) * args.batch))
-            result, _ = trainer.train_step(model, optimizer, scheduler, examples, idx, number + 1)
-            losses.append(result.loss)
-        meter.stop()
-    del model, optimizer
-    return finish(meter, losses)
+        events = clock_events(spec.events_path, meter, args.warmup, len(steps), losses, setup)
+        with events:
+            code = run_training(spec, events, StopFlag())
+        if code != 0:
+            raise RuntimeError(f"our run exited with {code}: {spec.events_path.read_text()[-2000:]}")
+    return {**finish(meter, losses), "setup": setup}
 
 
 def finish(meter: Meter, losses: list[float]) -> dict:
@@ -360,6 +483,15 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument(
+        "--shape",
+        choices=["custom", "qwen2.5-0.5b", "llama3-8b"],
+        default="custom",
+        help="a real model's shape (random weights) instead of --vocab/--hidden/--layers",
+    )
+    ap.add_argument("--family", choices=["qwen2", "llama"], default="qwen2", help="for the custom shape")
+    ap.add_argument("--method", choices=["full", "lora"], default="full")
+    ap.add_argument("--out", type=Path, help="also write the JSON result to this file")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
@@ -372,25 +504,38 @@ def main() -> None:
     if args.warmup >= args.steps:
         ap.error("--warmup must be below --steps")
 
-    config = make_config(args.vocab, args.hidden, args.layers)
+    config = make_config(args.vocab, args.hidden, args.layers, args.shape, args.family)
+    args.vocab = config.vocab_size
     lengths = make_lengths(args.batch * args.steps, args.median_len, args.max_len, args.seed)
     seqs = make_sequences(lengths, args.vocab, args.seed)
     steps = [seqs[i * args.batch : (i + 1) * args.batch] for i in range(args.steps)]
     timed = steps[args.warmup :]
     real = sum(len(s) for step in timed for s in step)
-    params = sum(p.numel() for p in fresh_model(config, args.seed).parameters())
-    flops = model_flops(config, params, timed)
+    params = count_params(config)
+    flops = model_flops(config, params, timed, lora=args.method == "lora")
     device = torch.cuda.get_device_name(0) if CUDA else f"cpu x{torch.get_num_threads()}"
     peak = next((v for k, v in PEAK_FLOPS.items() if k in device), None) if CUDA else None
 
     names = args.runs.split(",")
     each: dict[str, list[dict]] = {name: [] for name in names}
     # Other work on a shared machine skews single runs: alternate the order each round, keep the best.
+    failed: dict[str, str] = {}
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            each[name].append(RUNS[name](config, steps, args))
+            if name in failed:
+                continue
+            try:
+                each[name].append(RUNS[name](config, steps, args))
+            except Exception as exc:  # noqa: BLE001 - one run failing (a peer out of memory) is a result too
+                failed[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                print(f"run {name} failed: {failed[name]}", file=sys.stderr)
+                gc.collect()
+                if CUDA:
+                    torch.cuda.empty_cache()
     results: dict[str, dict] = {}
     for name, rs in each.items():
+        if not rs:
+            continue
         fastest = min(rs, key=lambda r: r["seconds"])
         results[name] = {
             "tokens_per_s": real / fastest["seconds"],
@@ -402,6 +547,7 @@ def main() -> None:
             "final_loss": fastest["losses"][-1],
             "losses": [round(x, 4) for x in fastest["losses"]],
             "seconds_each": [round(r["seconds"], 2) for r in rs],
+            **({"setup": fastest["setup"]} if "setup" in fastest else {}),
         }
     ratios = {}
     if "tunehouse" in results and len(results) > 1:
@@ -421,34 +567,36 @@ def main() -> None:
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        import trl
-
-        versions["trl"] = trl.__version__
-    except ImportError:
-        pass
+    for package in ("trl", "peft", "liger_kernel"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package.replace("_", "-"))
     rounded = {
         k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()} for k, r in results.items()
     }
-    print(
-        json.dumps(
-            {
-                "bench": "trainer_throughput",
-                "device": device,
-                "params": params,
-                "model": f"qwen2 hidden={args.hidden} layers={args.layers} vocab={args.vocab}",
-                "examples_per_step": args.batch,
-                "tokens_per_step": [sum(len(s) for s in step) for step in steps],
-                "timed_steps": len(timed),
-                "timed_tokens": real,
-                "rounds": args.rounds,
-                "mean_len": round(sum(lengths) / len(lengths), 1),
-                "runs": rounded,
-                "ours_over_peer": ratios,
-                **versions,
-            }
-        )
+    report = json.dumps(
+        {
+            "bench": "trainer_throughput",
+            "device": device,
+            "params": params,
+            "model": f"{config.model_type} hidden={config.hidden_size} layers={config.num_hidden_layers} "
+            f"vocab={config.vocab_size}" + ("" if args.shape == "custom" else f" ({args.shape} shape)"),
+            "method": args.method,
+            "examples_per_step": args.batch,
+            "tokens_per_step": [sum(len(s) for s in step) for step in steps],
+            "timed_steps": len(timed),
+            "timed_tokens": real,
+            "rounds": args.rounds,
+            "mean_len": round(sum(lengths) / len(lengths), 1),
+            "runs": rounded,
+            "failed": failed,
+            "ours_over_peer": ratios,
+            **versions,
+        }
     )
+    print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n")
     print(table(results))
     for key, r in ratios.items():
         print(f"ours / {r['peer']}: {r['ratio']} ({key})")

@@ -2,9 +2,11 @@
 
 The choice follows what the model class declares (``_supports_flash_attn``, ``_supports_sdpa``) and what
 the machine has: flash attention on CUDA when a flash package (or the ``kernels`` hub fallback) is
-installed, else SDPA, else eager. Gemma-2 is the usual eager case: transformers marks it
-``_supports_sdpa = False`` because SDPA cannot softcap attention logits, and flash is only taken for
-such a model when the installed kernel accepts ``softcap``.
+installed, else varlen SDPA (varlen_sdpa.py: SDPA per packed example, or torch's varlen kernel on
+CUDA, with no mask) where the model takes a registered attention function, else SDPA, else eager.
+Gemma-2 is the usual eager case: transformers marks it ``_supports_sdpa = False`` because SDPA cannot
+softcap attention logits, and flash is only taken for such a model when the installed kernel accepts
+``softcap``.
 
 Flash implementations take no attention mask. transformers keeps packed examples apart under them only
 through ``cu_seq_lens``, which it derives from position ids for a batch of exactly one row
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 
+from . import varlen_sdpa
+
 ENV_OVERRIDE = "TUNEHOUSE_ATTN_IMPLEMENTATION"
 
 
@@ -38,6 +42,7 @@ def is_varlen(implementation: str) -> bool:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
     from transformers.utils.generic import is_flash_attention_requested
 
+    varlen_sdpa.register()
     mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
     return mask is flash_attention_mask or is_flash_attention_requested(
         requested_attention_implementation=implementation
@@ -82,6 +87,7 @@ def _accepts_softcap(implementation: str) -> bool:
 def choose_attention(source: Path, device_type: str, half_precision: bool) -> AttentionChoice:
     """The best implementation for the model at ``source``; ``half_precision``: the attention runs in
     bf16/fp16 (weights or autocast), which flash kernels require."""
+    varlen_sdpa.register()  # so that transformers can load a model with it, whatever is chosen
     override = os.environ.get(ENV_OVERRIDE, "").strip()
     if override:
         return AttentionChoice(override, f"set by {ENV_OVERRIDE}")
@@ -100,6 +106,22 @@ def choose_attention(source: Path, device_type: str, half_precision: bool) -> At
         for implementation in candidates:
             if not softcap or _accepts_softcap(implementation):
                 return AttentionChoice(implementation, f"{name} supports flash attention and it is installed")
+    if cls._supports_sdpa and varlen_sdpa_fits(cls, config):
+        return AttentionChoice(
+            varlen_sdpa.NAME, f"{name} supports sdpa and registered attention functions; no flash kernel"
+        )
     if cls._supports_sdpa:
         return AttentionChoice("sdpa", f"{name} supports sdpa")
     return AttentionChoice("eager", f"{name} does not support sdpa")
+
+
+def varlen_sdpa_fits(cls: Any, config: Any) -> bool:
+    """Whether varlen_sdpa.py computes this model's attention exactly: the model calls registered
+    attention functions, and needs neither softcapping nor attention sinks (whose models name the
+    kernels they take)."""
+    config = getattr(config, "text_config", None) or config
+    return (
+        bool(getattr(cls, "_supports_attention_backend", False))
+        and getattr(config, "attn_logit_softcapping", None) is None
+        and getattr(cls, "_compatible_flash_implementations", None) is None
+    )

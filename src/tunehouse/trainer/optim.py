@@ -17,7 +17,8 @@ def build_optimizer(
     model: Any, hp: Hyperparameters, device: torch.device, log: Callable[[str], None] | None = None
 ) -> torch.optim.Optimizer:
     """AdamW: bitsandbytes' 8-bit one when asked for and available, ``Bf16AdamW`` (fp32 moments) for
-    bf16 trainable weights, else torch's (fused on CUDA). See precision.py for the scheme."""
+    bf16 trainable weights, else torch's, fused (one kernel over all tensors, on CPU as on CUDA). See
+    precision.py for the scheme."""
     # The usual convention: no weight decay on biases and norm scales (1-D tensors).
     decay, no_decay = [], []
     for _, param in model.named_parameters():
@@ -36,8 +37,8 @@ def build_optimizer(
         optimizer = Bf16AdamW(groups, lr=hp.learning_rate)
         kind = "AdamW with fp32 moments, bf16 weights updated with stochastic rounding"
     else:
-        fused = device.type == "cuda"
-        optimizer, kind = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused), "AdamW, fp32"
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, fused=device.type in ("cuda", "cpu"))
+        kind = "AdamW, fp32, fused" if optimizer.defaults["fused"] else "AdamW, fp32"
     if log is not None:
         log(f"optimizer: {kind}")
     return optimizer

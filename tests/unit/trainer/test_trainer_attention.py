@@ -22,7 +22,7 @@ from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from tunehouse.contract.spec import EXIT_SUCCEEDED
-from tunehouse.trainer import attention
+from tunehouse.trainer import attention, varlen_sdpa
 from tunehouse.trainer.attention import ENV_OVERRIDE, choose_attention, is_varlen
 from tunehouse.trainer.batching import Batch, collate, collate_packed, collate_varlen
 from tunehouse.trainer.loop import token_loss
@@ -223,12 +223,12 @@ def test_attention_follows_what_the_model_class_declares(
     tiny_model = model_dirs("tiny")
     monkeypatch.delenv(ENV_OVERRIDE, raising=False)
     qwen2 = choose_attention(tiny_model, "cpu", half_precision=False)
-    assert qwen2.implementation == "sdpa" and "Qwen2ForCausalLM" in qwen2.reason
+    assert qwen2.implementation == varlen_sdpa.NAME and "Qwen2ForCausalLM" in qwen2.reason
     # Gemma-2 softcaps attention logits, which SDPA cannot: transformers declares it unsupported.
     gemma2 = choose_attention(model_dirs("gemma2"), "cpu", half_precision=False)
     assert gemma2.implementation == "eager" and "does not support sdpa" in gemma2.reason
     # Flash kernels are CUDA-only: a CPU run never picks them, however the model is declared.
-    assert choose_attention(tiny_model, "cpu", half_precision=True).implementation == "sdpa"
+    assert choose_attention(tiny_model, "cpu", half_precision=True).implementation == varlen_sdpa.NAME
     monkeypatch.setenv(ENV_OVERRIDE, "eager")
     assert choose_attention(tiny_model, "cpu", half_precision=False).implementation == "eager"
 
@@ -240,8 +240,11 @@ def test_flash_is_chosen_on_cuda_where_the_model_can_use_it(
     monkeypatch.delenv(ENV_OVERRIDE, raising=False)
     monkeypatch.setattr(attention, "_flash_candidates", lambda: ["flash_attention_2"])
     assert choose_attention(tiny_model, "cuda", half_precision=True).implementation == "flash_attention_2"
-    # Flash kernels compute in bf16/fp16 only; fp32 training without autocast stays on SDPA.
-    assert choose_attention(tiny_model, "cuda", half_precision=False).implementation == "sdpa"
+    # Flash kernels compute in bf16/fp16 only; fp32 training without autocast gets varlen SDPA.
+    assert choose_attention(tiny_model, "cuda", half_precision=False).implementation == varlen_sdpa.NAME
+    # Without a flash kernel installed, a bf16 run gets it too (torch's varlen kernel on CUDA).
+    monkeypatch.setattr(attention, "_flash_candidates", lambda: [])
+    assert choose_attention(tiny_model, "cuda", half_precision=True).implementation == varlen_sdpa.NAME
     # gpt-oss's attention sinks need one of the kernels it lists, which flash-attn 2 is not.
     GptOssConfig(num_hidden_layers=2, num_local_experts=4, hidden_size=32).save_pretrained(
         tmp_path / "gpt_oss"
@@ -254,6 +257,7 @@ def test_flash_implementations_are_varlen_and_masked_ones_are_not(flash_standin:
         is_varlen("flash_attention_2") and is_varlen("kernels-community/flash-attn2") and is_varlen(STANDIN)
     )
     assert not any(is_varlen(name) for name in ("sdpa", "eager", "flex_attention"))
+    assert is_varlen(varlen_sdpa.NAME)  # packed into one row with cu_seq_lens, like flash
 
 
 # -- packing under each implementation ----------------------------------------------------------------
@@ -379,3 +383,87 @@ def test_gemma2_trains_with_eager_attention_packed_as_unpacked(
         losses[packing] = train_losses(events)
     assert len(losses[True]) == 4 and all(math.isfinite(x) for x in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+# -- varlen SDPA (no flash kernel) --------------------------------------------------------------------
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
+    """Plain softmax attention under an explicit (T, T) mask: (B, H, T, D), (B, Hkv, T, D) in,
+    (B, T, H, D) out, queries with nothing to attend to giving zeros."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2)
+
+
+def block_causal(bounds: list[int], window: int | None = None) -> torch.Tensor:
+    n = bounds[-1]
+    doc = torch.zeros(n, dtype=torch.long)
+    for d, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        doc[a:b] = d
+    i = torch.arange(n)
+    allowed = (doc[:, None] == doc[None, :]) & (i[None, :] <= i[:, None])
+    if window is not None:
+        allowed &= i[:, None] - i[None, :] < window
+    return allowed
+
+
+def qkv(batch: int, length: int, heads: int = 4, kv_heads: int = 2, dim: int = 8) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(batch, heads, length, dim), (batch, kv_heads, length, dim), (batch, kv_heads, length, dim)]
+    return [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def grads_of(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    return list(torch.autograd.grad((out * weights).sum(), inputs))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_varlen_sdpa_keeps_packed_examples_apart_with_their_gradients(window: int | None) -> None:
+    bounds = [0, 5, 6, 13, 20]
+    q, k, v = qkv(1, bounds[-1])
+    module = torch.nn.Module().eval()
+    out, _ = varlen_sdpa.varlen_sdpa_forward(
+        module, q, k, v, None, sliding_window=window, cu_seq_lens_q=torch.tensor(bounds, dtype=torch.int32)
+    )
+    ref = reference_attention(q, k, v, block_causal(bounds, window))
+    assert out.shape == (1, bounds[-1], 4, 8)
+    assert torch.allclose(out, ref, atol=1e-10)
+    for got, want in zip(grads_of(out, [q, k, v]), grads_of(ref, [q, k, v]), strict=True):
+        assert torch.allclose(got, want, atol=1e-10)
+
+
+def test_varlen_sdpa_attends_within_each_padded_row_on_either_side() -> None:
+    q, k, v = qkv(3, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    out, _ = varlen_sdpa.varlen_sdpa_forward(torch.nn.Module().eval(), q, k, v, mask)
+    causal = block_causal([0, 6])
+    for row in range(3):
+        ref = reference_attention(q[row : row + 1], k[row : row + 1], v[row : row + 1], causal & mask[row])
+        real = mask[row]  # what a padding query computes is never used
+        assert torch.allclose(out[row, real], ref[0, real], atol=1e-10)
+
+
+def test_a_varlen_sdpa_model_gives_packed_examples_their_unpacked_logits_and_gradients(
+    tiny_model: Path,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    varlen_sdpa.register()
+    model, examples = load(tiny_model, varlen_sdpa.NAME), examples_of(tokenizer)
+    padded, varlen = collate(examples, pad_id(tokenizer)), collate_varlen(examples)
+    error = max_error(
+        per_example_logits(model, varlen, examples), per_example_logits(model, padded, examples)
+    )
+    assert error < 1e-4
+    grads = []
+    for batch in (varlen, padded):
+        model.zero_grad(set_to_none=True)
+        loss_sum, n, _ = token_loss(model(**batch.model_inputs()).logits, batch.labels)
+        (loss_sum / n).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)

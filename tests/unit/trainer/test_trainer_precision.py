@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tunehouse.contract.hyperparameters import Hyperparameters
+from tunehouse.trainer.optim import build_optimizer
 from tunehouse.trainer.planner import ModelShape, plan_for, plan_memory, token_bytes
 from tunehouse.trainer.precision import Bf16AdamW, Precision, choose_precision
 
@@ -40,6 +42,29 @@ def test_bf16_adamw_on_fp32_weights_is_torch_adamw() -> None:
     _adam_steps(Bf16AdamW([ours], lr=1e-2, weight_decay=0.1), ours, 5)
     _adam_steps(torch.optim.AdamW([reference], lr=1e-2, weight_decay=0.1, foreach=False), reference, 5)
     torch.testing.assert_close(ours, reference)
+
+
+def test_fp32_weights_on_cpu_get_torch_adamw_fused_with_the_same_updates() -> None:
+    torch.manual_seed(0)
+    model, reference = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    reference.load_state_dict(model.state_dict())
+    hp = Hyperparameters(learning_rate=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(model, hp, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    plain = torch.optim.AdamW(
+        [
+            {"params": [reference.weight], "weight_decay": 0.1},
+            {"params": [reference.bias], "weight_decay": 0.0},  # no decay on 1-D tensors
+        ],
+        lr=1e-2,
+        foreach=False,
+    )
+    for step in range(3):
+        for net, opt in ((model, optimizer), (reference, plain)):
+            net(torch.full((2, 8), 1.0 + step)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(model.state_dict(), reference.state_dict())
 
 
 def test_updates_below_bf16_resolution_survive_through_stochastic_rounding() -> None:
