@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,3 +213,16 @@ def test_a_paused_run_resumes_from_the_store_on_a_node_without_its_scratch(
     log = fs.cat_file(f"{run}/events.jsonl").decode()
     seqs = [json.loads(line)["seq"] for line in log.splitlines()]
     assert seqs == list(range(1, len(seqs) + 1))  # one log across both trainers, on two "nodes"
+
+
+def test_a_base_model_in_the_bucket_can_be_registered_by_its_url(
+    server: LiveServer, fs: Any, bucket: str, tiny_model: Path
+) -> None:
+    url = f"s3://{bucket}/tunehouse/models/base-from-s3"
+    fs.put(str(tiny_model / "config.json"), url.removeprefix("s3://") + "/config.json")
+    server.cli("models", "add", "base-from-s3", url)
+    listed = json.loads(server.cli("models", "list", "--json"))
+    assert {"name": "base-from-s3", "path": url} in [{"name": m["name"], "path": m["path"]} for m in listed]
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        server.cli("models", "add", "not-a-model", f"s3://{bucket}/tunehouse/nothing-here")
+    assert "no config.json" in " ".join(refused.value.stderr.split())  # the console wraps long lines

@@ -113,8 +113,15 @@ def _fs(location: str) -> tuple[Any, str]:
 
 
 def _permanent(exc: BaseException) -> bool:
-    """Errors that waiting will not fix: a missing object, refused credentials, a bad request."""
-    return isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError)
+    """Errors that waiting will not fix: a missing object, refused credentials, a bad request, a bug."""
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return True
+    # The store's trouble surfaces as OSError (s3fs translates S3's errors) or as the HTTP client's own.
+    transient = isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in TRANSIENT_MODULES
+    return not transient
+
+
+TRANSIENT_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3"})
 
 
 def retrying(what: str, call: Callable[[], T], budget_s: float | None = None) -> T:
