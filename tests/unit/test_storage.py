@@ -189,3 +189,12 @@ def test_a_write_waits_out_a_store_that_is_briefly_down(
         assert storage.read_bytes(loc) == src.read_bytes()
     finally:
         server.stop()
+
+
+def test_removing_a_checkpoint_leaves_one_whose_name_it_prefixes(root: str) -> None:
+    ckpts = storage.join(root, "runs", "r4", "checkpoints")
+    for step in (1, 10):
+        storage.write_bytes(storage.join(ckpts, f"step-{step}", "trainer_state.json"), b"{}")
+    storage.remove(storage.join(ckpts, "step-1"))
+    assert storage.has_objects(storage.join(ckpts, "step-10"))
+    assert not storage.has_objects(storage.join(ckpts, "step-1"))
