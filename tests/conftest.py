@@ -19,6 +19,9 @@ import httpx
 import psycopg
 import pytest
 
+from tests.s3server import BUCKET as S3_BUCKET
+from tests.s3server import SeaweedS3
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -153,3 +156,26 @@ def start_server(
     server = LiveServer(home=home, database_url=url, extra_env=env)
     server.start()
     return server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One real SeaweedFS S3 server for the session; each test works under a prefix of its own."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
+    """This process reaches the server through the usual S3 environment variables, as Tunehouse does."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_root(s3_env: SeaweedS3) -> str:
+    """A fresh s3:// storage root in the test bucket."""
+    return f"s3://{S3_BUCKET}/t-{uuid.uuid4().hex[:10]}"

@@ -289,7 +289,9 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="Name clients will use, e.g. Qwen2.5-0.5B-Instruct.")],
-    path: Annotated[Path, typer.Argument(help="Local Hugging Face model directory.")],
+    path: Annotated[
+        str, typer.Argument(help="Hugging Face model directory: a local path or s3://bucket/prefix.")
+    ],
     chat_template_fallback: Annotated[
         str,
         typer.Option(
@@ -298,7 +300,7 @@ def models_add(
         ),
     ] = "chatml",
 ) -> None:
-    """Register a local Hugging Face model directory as a base model."""
+    """Register a Hugging Face model directory (local, or s3:// and cached per node) as a base model."""
     ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
@@ -320,6 +322,7 @@ def models_check(
 ) -> None:
     """Render a conversation through NAME's chat template and show which tokens a run would train."""
     from tunehouse.contract.datasets import DataError
+    from tunehouse.storage import cached_dir
     from tunehouse.trainer.preview import EXAMPLE_CONVERSATION, conversation_from_file, preview
 
     ctx = open_context(_settings())
@@ -335,7 +338,8 @@ def models_check(
         ensure_tiny_model(ctx.settings.home)
     try:
         turns = conversation_from_file(conversation) if conversation else EXAMPLE_CONVERSATION
-        out = preview(Path(model.path), turns, model.chat_template_fallback)
+        local = cached_dir(model.path, ctx.settings.model_cache_dir)  # an s3:// model: this node's copy
+        out = preview(local, turns, model.chat_template_fallback)
     except DataError as e:
         err_console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunehouse import storage
 from tunehouse.executors.gpus import gpus_from_env
 
 
@@ -23,6 +24,35 @@ class Settings:
     # Kept free on the home volume for the records: creates and uploads are refused (507) and trainers
     # stop checkpointing (the run fails with the reason) rather than eat into it.
     min_free_bytes: int = 64 << 20
+    # Where artifacts live (TUNEHOUSE_STORAGE_URL): "" = the home directory, else s3://bucket/prefix.
+    storage_url: str = ""
+
+    @property
+    def storage_root(self) -> str:
+        """The root every artifact lives under: the home's path, or the s3:// URL."""
+        return storage.normalize_root(self.storage_url) if self.storage_url else str(self.home)
+
+    @property
+    def storage_remote(self) -> bool:
+        return storage.is_url(self.storage_root)
+
+    @property
+    def runs_root(self) -> str:
+        return storage.join(self.storage_root, "runs")
+
+    @property
+    def cache_dir(self) -> Path:
+        """Node-local and disposable: base models fetched from the store, trainers' scratch folders."""
+        return self.home / "cache"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where trainers work when the runs live in an object store; synced to the store as they go."""
+        return self.cache_dir / "scratch"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir / "models"
 
     @property
     def capacity(self) -> int:
@@ -31,11 +61,15 @@ class Settings:
 
     @property
     def runs_dir(self) -> Path:
-        return self.home / "runs"
+        """The runs' folder when the storage is local (see runs_root for any storage)."""
+        return Path(self.storage_root) / "runs"
 
     @property
-    def files_dir(self) -> Path:
-        return self.home / "files"
+    def files_dir(self) -> Path | str:
+        """Uploaded files: a folder of the home, or its s3:// location when the storage is remote."""
+        if self.storage_remote:
+            return storage.join(self.storage_root, "files")
+        return Path(self.storage_root) / "files"
 
     @property
     def models_dir(self) -> Path:
@@ -60,4 +94,13 @@ def load_settings() -> Settings:
         gpus=gpus,
         max_trainer_losses=int(os.environ.get("TUNEHOUSE_MAX_TRAINER_LOSSES", 3)),
         min_free_bytes=int(float(os.environ.get("TUNEHOUSE_MIN_FREE_MB", 64)) * (1 << 20)),
+        storage_url=_storage_url(),
     )
+
+
+def _storage_url() -> str:
+    """TUNEHOUSE_STORAGE_URL, checked now so that a typo stops the server at start, not a run later."""
+    url = os.environ.get(storage.STORAGE_URL_ENV, "").strip()
+    if not url or not storage.is_url(url):
+        return str(Path(url).expanduser().resolve()) if url else ""
+    return storage.normalize_root(url)

@@ -27,13 +27,19 @@ def tail_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
             data = fh.read()
     except FileNotFoundError:
         return [], offset
+    events, end = parse_lines(data)
+    return events, offset + end
+
+
+def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The events of the complete lines of ``data`` and how many bytes they took (a torn last line waits)."""
     end = data.rfind(b"\n") + 1
     events: list[dict[str, Any]] = []
     for raw in data[:end].splitlines():
         event = _parse(raw)
         if event is not None:
             events.append(event)
-    return events, offset + end
+    return events, end
 
 
 def read_events(path: Path, after_seq: int = 0) -> list[dict[str, Any]]:

@@ -29,6 +29,19 @@ class InitFrom(BaseModel):
     kind: InitKind
 
 
+class Fetch(BaseModel):
+    """An input the trainer copies from the artifact store before it starts: ``dest`` is where the spec's
+    local fields (model_path, train_files, resume_from, init_from) expect it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str
+    dest: Path
+    kind: Literal["file", "dir"]
+    # Immutable content kept between runs on this node (a base model): fetched once, then reused.
+    cached: bool = False
+
+
 class RunSpec(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -47,6 +60,12 @@ class RunSpec(BaseModel):
     # Bytes a checkpoint must leave free on its volume (the server's records may share it).
     reserve_bytes: int = Field(0, ge=0)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    # The run's folder in the artifact store (s3://…/runs/<key>) when output_dir is a local scratch folder:
+    # the trainer syncs events, checkpoints and outputs there, and reports a checkpoint only once stored.
+    storage_dir: str | None = None
+    fetch: list[Fetch] = Field(default_factory=list)
+    # Tokenization cache in the store, shared by every node; cache_dir is then this node's copy of it.
+    token_cache_url: str | None = None
 
     @property
     def events_path(self) -> Path:

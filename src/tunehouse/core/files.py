@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
+from tunehouse import storage
 from tunehouse.contract.datasets import validate_dataset
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import FileInUse, InvalidParameter, NotFound, RunRef
@@ -37,7 +38,16 @@ RESULT_COLUMNS = (
 )
 
 
-def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl") -> Path:
+Location = str | os.PathLike[str]  # a local folder, or a folder in the artifact store (s3://…)
+
+
+def _store_blob(files_dir: Location, data: bytes, digest: str, suffix: str = ".jsonl") -> str:
+    if storage.is_url(files_dir):
+        dest_url = storage.join(str(files_dir), f"{digest}{suffix}")
+        if storage.size(dest_url) != len(data):
+            storage.write_bytes(dest_url, data)
+        return dest_url
+    files_dir = Path(files_dir)
     files_dir.mkdir(parents=True, exist_ok=True)
     dest = files_dir / f"{digest}{suffix}"
     if not dest.exists():
@@ -48,7 +58,7 @@ def _store_blob(files_dir: Path, data: bytes, digest: str, suffix: str = ".jsonl
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-    return dest
+    return str(dest)
 
 
 CHUNK = 1 << 20
@@ -56,7 +66,7 @@ CHUNK = 1 << 20
 
 def upload_file(
     s: Session,
-    files_dir: Path,
+    files_dir: Location,
     account_id: int,
     filename: str,
     data: bytes,
@@ -72,7 +82,7 @@ def upload_file(
 
 def upload_stream(
     s: Session,
-    files_dir: Path,
+    files_dir: Location,
     account_id: int,
     filename: str,
     source: BinaryIO,
@@ -83,11 +93,17 @@ def upload_stream(
     max_bytes: int = MAX_BYTES,
 ) -> File:
     """Copies `source` to storage a chunk at a time (hashing as it goes), validates the stored copy line by
-    line, and records it; a rejected upload leaves nothing behind. Memory use does not grow with the file."""
+    line, and records it; a rejected upload leaves nothing behind. Memory use does not grow with the file.
+
+    With the files in an object store the bytes are spooled to a local temporary file (validation reads
+    it twice), then uploaded in parts, unchanged: the stored object is byte-identical to the upload."""
     if purpose not in PURPOSES:
         raise InvalidParameter("purpose", f"purpose must be one of: {', '.join(PURPOSES)}")
-    files_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=files_dir, suffix=".part")
+    remote = storage.is_url(files_dir)
+    spool_dir = None if remote else Path(files_dir)
+    if spool_dir is not None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, suffix=".part")
     tmp = Path(tmp_name)
     try:
         digest, size = hashlib.sha256(), 0
@@ -107,8 +123,12 @@ def upload_stream(
             problems = "; ".join(str(e) for e in report.errors) or "no training rows"
             raise InvalidParameter("file", f"{filename[:255]}: {problems}")
         sha = digest.hexdigest()
-        dest = files_dir / f"{sha}.jsonl"
-        if dest.exists():
+        dest = storage.join(str(files_dir), f"{sha}.jsonl")
+        if remote:
+            if storage.size(dest) != size:  # stored once by content: the same bytes may be there already
+                storage.put_file(tmp, dest)
+            tmp.unlink()
+        elif Path(dest).exists():
             tmp.unlink()  # stored once by content: the same bytes are already there
         else:
             os.replace(tmp, dest)
@@ -125,7 +145,7 @@ def upload_stream(
         sha256=sha,
         format=report.format,
         rows=report.rows,
-        path=str(dest),
+        path=dest,
         description=description,
         workspace=workspace,
         created_at=now,
@@ -138,7 +158,7 @@ def upload_stream(
 
 def store_results(
     s: Session,
-    files_dir: Path,
+    files_dir: Location,
     account_id: int,
     run_key: str,
     rows: list[dict[str, Any]],
@@ -162,7 +182,7 @@ def store_results(
         sha256=digest,
         format="csv",
         rows=len(rows),
-        path=str(path),
+        path=path,
         description="",
         workspace=workspace,
         created_at=utcnow(),
@@ -170,6 +190,16 @@ def store_results(
     s.add(row)
     s.flush()
     return row
+
+
+def read_content(row: File) -> bytes:
+    """A stored file's bytes, wherever the store keeps them."""
+    return storage.read_bytes(row.path)
+
+
+def open_content(row: File) -> BinaryIO:
+    """A stored file as a binary stream (read in chunks: large files stay out of memory)."""
+    return storage.open_read(row.path)  # type: ignore[return-value]
 
 
 def files_query(account_id: int, workspace: str | None = None, purpose: str | None = None) -> Select[Any]:

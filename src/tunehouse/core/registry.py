@@ -1,4 +1,5 @@
-"""The model registry: base models (name → local Hugging Face directory) and fine-tuned outputs."""
+"""The model registry: base models (name → a Hugging Face directory, local or in an object store) and
+fine-tuned outputs (in the artifact store)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from tunehouse import storage
 from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import InvalidParameter, NameTaken, NotFound
@@ -34,12 +36,24 @@ def register_builtin(s: Session, models_dir: Path) -> Model:
 CHAT_TEMPLATE_FALLBACKS = ("chatml", "refuse")
 
 
-def add_base_model(s: Session, name: str, path: Path, chat_template_fallback: str = "chatml") -> Model:
-    """Register (or re-point) a base model. ``chat_template_fallback`` says what a model without a chat
+def add_base_model(
+    s: Session, name: str, path: Path | str, chat_template_fallback: str = "chatml"
+) -> Model:
+    """Register (or re-point) a base model: a local directory, or an ``s3://`` one that each node copies
+    once into its cache before training on it. ``chat_template_fallback`` says what a model without a chat
     template does with conversations: render them as ChatML (with a warning in the run's log) or refuse."""
-    path = path.expanduser().resolve()
-    if not (path / "config.json").is_file():
-        raise InvalidParameter("path", f"{path} is not a Hugging Face model directory (no config.json)")
+    if storage.is_url(path):
+        path = str(path).rstrip("/")
+        try:
+            found = storage.isfile(storage.join(path, "config.json"))
+        except OSError as exc:
+            raise InvalidParameter("path", f"cannot read {path}: {exc}") from None
+        if not found:
+            raise InvalidParameter("path", f"{path} is not a Hugging Face model directory (no config.json)")
+    else:
+        path = Path(path).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise InvalidParameter("path", f"{path} is not a Hugging Face model directory (no config.json)")
     if name == TINY_MODEL:
         raise InvalidParameter("name", f"{TINY_MODEL} is built in")
     if chat_template_fallback not in CHAT_TEMPLATE_FALLBACKS:

@@ -17,10 +17,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
+from tunehouse import storage
 from tunehouse.config import Settings
-from tunehouse.contract.events import tail_events
+from tunehouse.contract.events import parse_lines, tail_events
 from tunehouse.contract.hyperparameters import STEP_DELAY_ENV, Hyperparameters
-from tunehouse.contract.spec import EXIT_NO_SPACE, EXIT_STOPPED, InitFrom, RunSpec
+from tunehouse.contract.spec import EXIT_NO_SPACE, EXIT_STOPPED, Fetch, InitFrom, RunSpec
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import runs as run_svc
 from tunehouse.core.catalog import TINY_MODEL
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
 STOP_GRACE_S = 30.0
+STORE_READ_BUDGET_S = 2.0  # a tick's read of the artifact store; the next tick tries again
 
 
 def node_id() -> str:
@@ -146,11 +148,8 @@ class Scheduler:
         """Read the trainer's event file from where we stopped last time (the offset survives restarts)."""
         if not run.run_dir:
             return
-        path = Path(run.run_dir) / "events.jsonl"
         offset = int(run.handle.get("events_offset", 0))
-        if path.exists() and path.stat().st_size < offset:
-            offset = 0  # the file was replaced; seq numbers still keep ingestion exactly-once
-        events, new_offset = tail_events(path, offset)
+        events, new_offset = _read_events(storage.join(run.run_dir, "events.jsonl"), offset)
         fresh = apply_trainer_events(s, run, events)
         if new_offset != offset:
             run.handle = {**run.handle, "events_offset": new_offset}
@@ -248,8 +247,9 @@ class Scheduler:
         if code == EXIT_NO_SPACE:  # the trainer had no room left even to say why
             return f"no space left on device: the trainer could not write under {run.run_dir}"
         tail = ""
-        if run.run_dir:
-            err = Path(run.run_dir) / "trainer.stderr.log"
+        workdir = run.handle.get("workdir") or run.run_dir  # the trainer's logs stay on its node
+        if workdir and not storage.is_url(workdir):
+            err = Path(workdir) / "trainer.stderr.log"
             if err.exists():
                 lines = [ln for ln in err.read_text(errors="replace").splitlines() if ln.strip()]
                 tail = lines[-1] if lines else ""
@@ -319,10 +319,13 @@ class Scheduler:
                 run = s.get_one(Run, run_id)
                 if run.state != RunState.RUNNING:
                     return  # paused or stopped since the claim: the next tick settles it, no trainer needed
-                spec, run_dir = self._spec(s, run)
+                spec, run_loc = self._spec(s, run)
                 gpu = run.handle.get("gpu")
-            spec_path = _write_spec(run_dir, spec)
-            handle = self.executor.start(run.key, spec_path, run_dir, gpu=gpu)
+            workdir = spec.output_dir
+            spec_path = _write_spec(workdir, spec)
+            if spec.storage_dir is not None:  # beside the run's other records, for whoever looks later
+                storage.write_bytes(storage.join(spec.storage_dir, "spec.json"), spec_path.read_bytes())
+            handle = self.executor.start(run.key, spec_path, workdir, gpu=gpu)
         except Exception as exc:  # a run that cannot start fails with the reason, not silently
             log.exception("launch of run %s failed", run_id)
             with self.db.session() as s:
@@ -333,22 +336,49 @@ class Scheduler:
             return
         with self.db.session() as s:
             run = s.get_one(Run, run_id)
+            if spec.storage_dir is not None:
+                handle = {**handle, "workdir": str(workdir)}
             run.handle = {**handle, "gpu": gpu} if gpu is not None else handle
             run.executor = self.executor.name
-            run.run_dir = str(run_dir)
+            run.run_dir = run_loc
             if gpu is not None:
                 record_event(s, run, "log", {"message": f"trainer started on GPU {gpu}"})
 
-    def _spec(self, s: Any, run: Run) -> tuple[RunSpec, Path]:
+    def _spec(self, s: Any, run: Run) -> tuple[RunSpec, str]:
+        """The trainer's spec and the run's location in the store. With an object store the trainer
+        works in a local scratch folder and fetches what lives in the store (``fetch``) first."""
+        settings = self.settings
         base = resolve_base(s, run.base_model)
         if base.name == TINY_MODEL:
-            ensure_tiny_model(self.settings.home)
+            ensure_tiny_model(settings.home)
+        run_loc = storage.join(settings.runs_root, run.key)
+        remote = settings.storage_remote
+        workdir = settings.scratch_dir / run.key if remote else Path(run_loc)
+        workdir.mkdir(parents=True, exist_ok=True)
+        fetch: list[Fetch] = []
 
-        def paths(key: str) -> list[str]:
-            return [s.get_one(File, fid).path for fid in run.dataset.get(key, [])]
+        def local(location: str, dest: Path, kind: str, cached: bool = False) -> Path:
+            if not storage.is_url(location):
+                return Path(location)
+            fetch.append(Fetch(url=location, dest=dest, kind=kind, cached=cached))  # type: ignore[arg-type]
+            return dest
 
-        run_dir = self.settings.runs_dir / run.key
-        run_dir.mkdir(parents=True, exist_ok=True)
+        def paths(key: str) -> list[Path]:
+            found = [s.get_one(File, fid).path for fid in run.dataset.get(key, [])]
+            return [local(p, workdir / "data" / storage.basename(p), "file") for p in found]
+
+        # Base models are immutable: one copy per node, shared by its runs.
+        model_path = local(base.path, settings.model_cache_dir / storage.cache_name(base.path), "dir", True)
+        resume = None
+        if run.resume_from:
+            own = run.resume_from.startswith(storage.join(run_loc, "checkpoints") + "/")
+            folder = workdir / ("checkpoints" if own else "resume")  # ours rotate with the new ones
+            resume = local(run.resume_from, folder / storage.basename(run.resume_from), "dir")
+        init = run.extra.get("init_from")
+        init_from = None
+        if init:
+            init_path = local(init["path"], workdir / "init" / storage.basename(init["path"]), "dir")
+            init_from = InitFrom(path=init_path, kind=init["kind"])
         hp = Hyperparameters.model_validate(
             {
                 **run.hyperparameters,
@@ -356,29 +386,50 @@ class Scheduler:
                 "step_delay": _test_step_delay(),
             }
         )
-        init = run.extra.get("init_from")
         spec = RunSpec(
             run_id=run.key,
-            model_path=Path(base.path),
+            model_path=model_path,
             method=run.parameter_scale,
             train_mode=run.train_mode,
-            train_files=[Path(p) for p in paths("files")],
-            validation_files=[Path(p) for p in paths("validation_files")],
-            output_dir=run_dir,
-            resume_from=Path(run.resume_from) if run.resume_from else None,
-            init_from=InitFrom(path=Path(init["path"]), kind=init["kind"]) if init else None,
-            cache_dir=self.settings.home / "cache" / "tokenized",
+            train_files=paths("files"),
+            validation_files=paths("validation_files"),
+            output_dir=workdir,
+            resume_from=resume,
+            init_from=init_from,
+            # With an object store the cache is shared there, and this node keeps its own copy.
+            cache_dir=(settings.cache_dir if remote else Path(settings.storage_root) / "cache") / "tokenized",
+            token_cache_url=storage.join(settings.storage_root, "cache", "tokenized") if remote else None,
             chat_template_fallback=base.chat_template_fallback,
-            reserve_bytes=self.settings.min_free_bytes,
+            reserve_bytes=settings.min_free_bytes,
             hyperparameters=hp,
+            storage_dir=run_loc if remote else None,
+            fetch=fetch,
         )
-        return spec, run_dir
+        return spec, run_loc
 
 
 def _test_step_delay() -> float:
     """Seconds the trainer waits after each step: 0 unless a test server asks for long runs. No API accepts
     it, so a user can never slow a run down this way."""
     return float(os.environ.get(STEP_DELAY_ENV) or 0)
+
+
+def _read_events(location: str, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The trainer's events after byte ``offset`` of its log, on this disk or in the object store."""
+    if not storage.is_url(location):
+        path = Path(location)
+        if path.exists() and path.stat().st_size < offset:
+            offset = 0  # the file was replaced; seq numbers still keep ingestion exactly-once
+        return tail_events(path, offset)
+    size = storage.size(location, budget_s=STORE_READ_BUDGET_S)
+    if size is None:
+        return [], offset
+    if size < offset:
+        offset = 0  # replaced (a resume elsewhere started from the store's copy): seq numbers dedupe
+    if size == offset:
+        return [], offset
+    events, used = parse_lines(storage.read_bytes(location, offset, budget_s=STORE_READ_BUDGET_S))
+    return events, offset + used
 
 
 def _write_spec(run_dir: Path, spec: RunSpec) -> Path:

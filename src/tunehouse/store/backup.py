@@ -3,6 +3,10 @@ files. One format for SQLite and PostgreSQL, so a backup of either restores into
 
 Rows rather than pg_dump/sqlite files: artifact paths are stored absolute, and a restore into another
 home must rewrite them, which a logical copy can do on the way in.
+
+With the artifacts in an object store (TUNEHOUSE_STORAGE_URL=s3://…) only what the home holds is copied
+(the master key, the built-in model): the rows name the objects by URL, which a restore keeps, and the
+bucket is backed up by the store's own means (versioning, replication).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     manifest = {
         "format": FORMAT,
         "home": str(settings.home),
+        "storage_root": settings.storage_root,  # s3://…: the artifacts stayed there, not in this backup
         "revision": revision,
         "created_at": datetime.now(UTC).isoformat(),
         "rows": counts,

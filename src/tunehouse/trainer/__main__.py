@@ -25,6 +25,7 @@ from tunehouse.contract.spec import (
 from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
 from .stop import StopFlag
+from .store_sync import EventMirror, fetch_inputs
 
 
 def _check_data(spec: RunSpec) -> list[str]:
@@ -52,7 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            events = EventWriter(spec.events_path)
+            mirror = None
+            if spec.storage_dir is not None:
+                mirror = EventMirror(spec.events_path, f"{spec.storage_dir.rstrip('/')}/events.jsonl")
+                spec.events_path.parent.mkdir(parents=True, exist_ok=True)
+                mirror.pull()
+            events = EventWriter(spec.events_path, mirror=mirror)
         except OSError as exc:
             reason = f"cannot write events to {spec.events_path}: {exc}"
             return _fail(EventWriter(None), reason, "runtime", EXIT_FAILED)
@@ -74,6 +80,12 @@ def _fallback_writer(spec_path: Path) -> EventWriter:
 
 def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     events.status("loading")
+    if spec.fetch:
+        try:
+            fetch_inputs(spec, events.log)
+        except (OSError, RuntimeError) as exc:
+            reason = f"cannot fetch the run's inputs from the artifact store: {exc}"
+            return _fail(events, reason, "runtime", EXIT_FAILED)
     if not spec.model_path.is_dir():
         return _fail(events, f"model_path {spec.model_path} is not a directory", "runtime", EXIT_FAILED)
     # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.

@@ -8,11 +8,14 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .diskspace import written_whole
+
+if TYPE_CHECKING:
+    from .store_sync import StoreSync
 
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.json"
@@ -148,14 +151,25 @@ def rotate(root: Path, keep_last: int, upto: int | None = None) -> list[tuple[in
 
 class Checkpointer:
     """A run's ``step-N`` checkpoints of one model under one folder: each written whole, the best by
-    eval_loss named, old ones rotated away (the last ``keep_last`` plus the best stay; 0 keeps all)."""
+    eval_loss named, old ones rotated away (the last ``keep_last`` plus the best stay; 0 keeps all).
+
+    With a ``store`` the folder is local scratch and each checkpoint is also uploaded to the run's folder
+    in the artifact store (publish), where rotation deletes it too."""
 
     def __init__(
-        self, root: Path, keep_last: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any
+        self,
+        root: Path,
+        keep_last: int,
+        model: Any,
+        tokenizer: Any,
+        optimizer: Any,
+        scheduler: Any,
+        store: StoreSync | None = None,
     ) -> None:
         self.root = root
         self.keep_last = keep_last
         self.parts = (model, tokenizer, optimizer, scheduler)
+        self.store = store
 
     def save(
         self, state: TrainState, metrics: dict[str, float], extra: dict[str, Any] | None
@@ -166,5 +180,15 @@ class Checkpointer:
         current = [c for c in list_checkpoints(self.root) if c[0] <= state.step]
         return path, best_step(current) == state.step
 
-    def rotate(self, upto: int) -> list[tuple[int, Path]]:
-        return rotate(self.root, self.keep_last, upto=upto)
+    def publish(self, path: Path) -> str:
+        """Where the checkpoint at ``path`` is durably kept: uploaded whole first when there is a store
+        (its state file last, so a partial upload is never taken for a checkpoint)."""
+        if self.store is None:
+            return str(path)
+        return self.store.publish_checkpoint(path, last=STATE_FILE)
+
+    def rotate(self, upto: int) -> list[tuple[int, str]]:
+        deleted = rotate(self.root, self.keep_last, upto=upto)
+        if self.store is None:
+            return [(step, str(path)) for step, path in deleted]
+        return [(step, self.store.delete(path)) for step, path in deleted]

@@ -10,7 +10,15 @@ from typing import Any
 from tunehouse.contract.datasets import DataError, formats_for_train_mode, load_records
 from tunehouse.contract.spec import RunSpec
 
-from .tokenization import TokenizedRow, assemble, split_holdout, tokenize_file, tokenizer_fingerprint
+from .store_sync import pull_token_cache, push_token_cache
+from .tokenization import (
+    TokenizedRow,
+    assemble,
+    cache_key,
+    split_holdout,
+    tokenize_file,
+    tokenizer_fingerprint,
+)
 
 
 def _tokenize(
@@ -21,6 +29,11 @@ def _tokenize(
     hits = 0
     for path in paths:
         records = load_records(path, allowed)[1]
+        shared = None  # this node's copy of an entry of the store's cache, shared by every node
+        if spec.token_cache_url is not None and spec.cache_dir is not None:
+            key = cache_key(path, fingerprint, spec.hyperparameters.max_seq_len, spec.train_mode)
+            shared = spec.cache_dir / f"{key}.pt"
+            pull_token_cache(spec, shared)
         file_rows, hit = tokenize_file(
             path,
             records,
@@ -30,6 +43,8 @@ def _tokenize(
             spec.cache_dir,
             fingerprint,
         )
+        if shared is not None and not hit:
+            push_token_cache(spec, shared)
         rows += file_rows
         hits += hit
     return rows, hits

@@ -8,11 +8,16 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 # read_events and tail_events are re-exported: the trainer's tests and tools read logs through this module.
 from tunehouse.contract.events import ErrorKind, EventType, read_events, tail_events
 from tunehouse.contract.events import TrainerState as RunState
+
+from .store_sync import URGENT
+
+if TYPE_CHECKING:
+    from .store_sync import EventMirror
 
 __all__ = ["EventWriter", "read_events", "tail_events"]
 
@@ -27,12 +32,17 @@ class EventWriter:
 
     Reopening an existing log (resume into the same output_dir) continues after its last seq.
     ``path=None`` writes to the stream only, for failures that happen before output_dir is known.
+    With a ``mirror`` the log is copied to the artifact store as it grows (the mirror has pulled the
+    store's log into ``path`` already).
     """
 
-    def __init__(self, path: Path | None, stream: TextIO | None = sys.stdout) -> None:
+    def __init__(
+        self, path: Path | None, stream: TextIO | None = sys.stdout, mirror: EventMirror | None = None
+    ) -> None:
         self.path = path
         self.stream = stream
         self.seq = 0
+        self.mirror = mirror
         self._fh: TextIO | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +53,8 @@ class EventWriter:
             if needs_newline:
                 # A crash mid-line must not glue the torn text onto our first event.
                 self._fh.write("\n")
+        if mirror is not None:
+            mirror.start()
 
     def emit(self, type_: EventType, payload: dict[str, Any]) -> dict[str, Any]:
         self.seq += 1
@@ -56,6 +68,8 @@ class EventWriter:
         if self._fh is not None:
             self._fh.write(line + "\n")
             self._fh.flush()
+            if self.mirror is not None:
+                self.mirror.changed(urgent=type_ in URGENT)
         if self.stream is not None:
             try:
                 self.stream.write(line + "\n")
@@ -78,6 +92,9 @@ class EventWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self.mirror is not None:
+            mirror, self.mirror = self.mirror, None
+            mirror.close()  # the last events (the final status) reach the store before we exit
 
     def __enter__(self) -> EventWriter:
         return self

@@ -48,6 +48,7 @@ from .planner import plan_for
 from .regional_compile import BUCKET, compile_layers, compile_wanted, decoder_layers
 from .step_metrics import NonFiniteLoss, Pending, StepMetrics
 from .stop import StopFlag
+from .store_sync import StoreSync
 from .tensorboard import ScalarWriter
 from .tokenization import Example, prepare_tokenizer
 
@@ -285,8 +286,9 @@ class Trainer:
                 since_ckpt.append(read.loss)
 
         evaluator = Evaluator(objective, self.eval_items, self.no_grad)
+        store = StoreSync(spec) if spec.storage_dir is not None else None
         checkpointer = Checkpointer(
-            spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler
+            spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler, store
         )
 
         def run_eval() -> None:
@@ -309,10 +311,14 @@ class Trainer:
             ensure_room(checkpointer.root / f"step-{state.step}", self.checkpoint_bytes, spec.reserve_bytes)
             path, best = checkpointer.save(state, metrics, objective.checkpoint_files())
             self.checkpoint_bytes = dir_bytes(path)  # what the next one will need, about
-            payload = {"step": state.step, "path": str(path), "metrics": metrics, "best": best}
+            # Reported saved only once it is durably where the run's checkpoints live.
+            stored = checkpointer.publish(path)
+            payload = {"step": state.step, "path": stored, "metrics": metrics, "best": best}
             events.emit("checkpoint", payload)
             for step, gone in checkpointer.rotate(upto=state.step):
-                events.emit("checkpoint_deleted", {"step": step, "path": str(gone)})
+                events.emit("checkpoint_deleted", {"step": step, "path": gone})
+            if store is not None:
+                store.publish_dir(spec.tensorboard_dir)
             since_ckpt.clear()
             saved_step = state.step
 
@@ -397,7 +403,11 @@ class Trainer:
         settle()
         if saved_step != state.step:
             checkpoint()
-        events.emit("model", save_model(spec, model, tokenizer, state.trained_tokens))
+        model_info = save_model(spec, model, tokenizer, state.trained_tokens)
+        if store is not None:
+            store.publish_dir(spec.tensorboard_dir)
+            model_info = store.publish_model(model_info)
+        events.emit("model", model_info)
         events.status("succeeded")
         return EXIT_SUCCEEDED
 

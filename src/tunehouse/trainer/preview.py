@@ -62,15 +62,23 @@ def preview(model_dir: Path, turns: tuple[Turn, ...], fallback: str = "chatml") 
     }
 
 
+def _local(model_dir: str) -> Path:
+    """A model in the object store is read from this node's copy of it (fetched once)."""
+    from tunehouse.config import load_settings
+    from tunehouse.storage import cached_dir, is_url
+
+    return cached_dir(model_dir, load_settings().model_cache_dir) if is_url(model_dir) else Path(model_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunehouse.trainer.preview")
-    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("model_dir", help="a model directory, local or s3:// (this node's cached copy)")
     parser.add_argument("--conversation", type=Path, default=None)
     parser.add_argument("--fallback", choices=["chatml", "refuse"], default="chatml")
     args = parser.parse_args(argv)
     try:
         turns = conversation_from_file(args.conversation) if args.conversation else EXAMPLE_CONVERSATION
-        out = preview(args.model_dir, turns, args.fallback)
+        out = preview(_local(args.model_dir), turns, args.fallback)
     except DataError as exc:
         print(json.dumps({"error": str(exc)}))
         return 2

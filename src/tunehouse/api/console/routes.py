@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -60,6 +61,7 @@ from tunehouse.core.errors import (
 )
 from tunehouse.core.events import events_page
 from tunehouse.core.follow import RunFollower, Tick
+from tunehouse.storage import is_url, iter_bytes, open_read
 from tunehouse.store.models import Job, Model, Run
 
 router = APIRouter(include_in_schema=False)
@@ -459,9 +461,9 @@ def _line_format(line: bytes) -> str | None:
         return None
 
 
-def _first_line(path: Path) -> bytes:
+def _first_line(path: str) -> bytes:
     """A stored file's first non-blank line: the preview never reads (or validates) the whole file."""
-    with path.open("rb") as fh:
+    with open_read(path) as fh:
         for line in fh:
             if line.strip():
                 return line[:PREVIEW_LINE_MAX]
@@ -535,7 +537,7 @@ async def preview_conversation(
     except _PreviewError as e:
         return _secure(JSONResponse({"error": e.message}, status_code=e.status))
     if "path" in source:
-        data = await run_in_threadpool(_first_line, Path(source["path"]))
+        data = await run_in_threadpool(_first_line, source["path"])
         fmt = source["format"]
     else:
         data = str(line).encode()[:PREVIEW_LINE_MAX]
@@ -898,6 +900,9 @@ def file_content(
         except NotFound:
             return not_found(request, session, "file")
     media = "text/csv" if f.format == "csv" else "application/jsonl"
+    if is_url(f.path):  # in the object store: streamed through in chunks
+        disposition = {"content-disposition": f"attachment; filename*=utf-8''{quote(f.filename)}"}
+        return _secure(StreamingResponse(iter_bytes(f.path), media_type=media, headers=disposition))
     return _secure(FileResponse(f.path, media_type=media, filename=f.filename))
 
 

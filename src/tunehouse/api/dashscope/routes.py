@@ -111,7 +111,7 @@ def _md5(f: File) -> str:
     if f.sha256 not in _md5_by_sha:
         digest = hashlib.md5(usedforsecurity=False)
         try:
-            with open(f.path, "rb") as fh:
+            with file_svc.open_content(f) as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
         except OSError:

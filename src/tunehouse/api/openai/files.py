@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -34,14 +33,14 @@ _results_by_sha: dict[str, bytes] = {}
 
 def results_content(f: File) -> bytes:
     if f.sha256 not in _results_by_sha:
-        _results_by_sha[f.sha256] = names.results_csv(Path(f.path).read_text(encoding="utf-8"))
+        _results_by_sha[f.sha256] = names.results_csv(file_svc.read_content(f).decode("utf-8"))
     return _results_by_sha[f.sha256]
 
 
 def content_of(f: File) -> bytes:
     if f.purpose == file_svc.RESULTS_PURPOSE:
         return results_content(f)
-    return Path(f.path).read_bytes()
+    return file_svc.read_content(f)
 
 
 def _size(f: File) -> int:
