@@ -99,6 +99,8 @@ class Scheduler:
         except Exception as exc:
             if out_of_space(exc):  # expected while the disk is full; retried every tick, so no traceback
                 log.warning("%s failed: no space left on device", what)
+            elif isinstance(exc, storage.StorageError):  # the object store is down: likewise retried
+                log.warning("%s failed: %s", what, exc)
             else:
                 log.exception("%s failed", what)
 
