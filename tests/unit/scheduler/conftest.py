@@ -19,7 +19,7 @@ from tunehouse.core.accounts import get_or_create_account
 from tunehouse.core.files import upload_file
 from tunehouse.core.jobs import create_job
 from tunehouse.core.registry import add_base_model
-from tunehouse.core.runs import DatasetChoice, create_run, request_pause, request_stop, resume
+from tunehouse.core.runs import MIN_EXAMPLES, DatasetChoice, create_run, request_pause, request_stop, resume
 from tunehouse.scheduler.scheduler import Scheduler
 from tunehouse.store.db import Database
 from tunehouse.store.models import Event, File, Run
@@ -114,7 +114,7 @@ def seed(db: Database, settings: Settings) -> tuple[int, int]:
     with db.session() as s:
         add_base_model(s, BASE, model_dir)
         account = get_or_create_account(s, "scheduler-tests")
-        data = (json.dumps(CHAT_ROW) + "\n").encode() * 4
+        data = (json.dumps(CHAT_ROW) + "\n").encode() * MIN_EXAMPLES  # the fewest a run trains on
         file = upload_file(s, settings.files_dir, account.id, "t.jsonl", data, "fine-tune")
         return account.id, file.id
 
