@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,7 @@ def messages(client: OpenAI, job_id: str) -> list[str]:
 def ray_jobs_of(stack: Stack, key: str) -> dict[str, Any]:
     """This run's Ray jobs by submission id."""
     return {
-        j.submission_id: j
-        for j in stack.jobs().list_jobs()
-        if (j.metadata or {}).get("tunehouse_run") == key
+        j.submission_id: j for j in stack.jobs().list_jobs() if (j.metadata or {}).get("tunehouse_run") == key
     }
 
 
@@ -267,3 +266,35 @@ def test_a_run_asking_for_more_gpus_than_any_node_has_fails_at_start_with_the_re
     assert detail["runStatus"] == "Failed"
     assert "asks for 8 GPU(s)" in detail["errorMessage"] and "0 GPU(s)" in detail["errorMessage"]
     assert ray_jobs_of(stack, task.removeprefix("task-")) == {}  # never submitted, so never PENDING
+
+
+# Last in the module: it takes the second node away for good.
+def test_the_node_killed_mid_run_resumes_the_run_from_its_checkpoint_on_the_other(
+    stack: Stack, chat_file: str
+) -> None:
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=stack.cluster.jobs_address)
+    node2 = next(n.node_id for n in nodes if "node2" in (n.resources_total or {}))
+    head = next(n.node_id for n in nodes if n.is_head_node)
+    jobs = stack.jobs()
+    # The head's CPUs taken, a one-CPU run can only be placed on the second node.
+    hog = jobs.submit_job(
+        entrypoint="sleep 900", submission_id=f"hog-{uuid.uuid4().hex[:6]}", entrypoint_num_cpus=2
+    )
+    wait_for(lambda: jobs.get_job_status(hog) == "RUNNING", timeout=120)
+    client = stack.client()
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=chat_file, method=sft(3, 1))
+    key = run_key(job.id)
+    wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, timeout=300)  # epoch 1 saved
+    stack.cluster.nodes["node2"].kill()
+    jobs.stop_job(hog)  # room on the head for the resumed run
+    done = wait_done(client, job.id, timeout=600)
+    assert done.status == "succeeded", done.error
+    said = messages(client, job.id)
+    placed = [m.split()[5] for m in said if m.startswith("trainer placed on Ray node ")]
+    assert placed == [head, node2], placed  # newest first: the second attempt ran on the head
+    assert any("requeued to resume from checkpoint step 16 (loss 1 of 3)" in m for m in said), said
+    runs = ray_jobs_of(stack, key)
+    assert set(runs) == {key, f"{key}-2"} and runs[f"{key}-2"].status == "SUCCEEDED"
+    assert max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)) == 48

@@ -153,7 +153,13 @@ class RayExecutor:
     def _nodes(self) -> list[dict[str, Any]]:
         from ray.util.state import list_nodes
 
-        alive = list_nodes(address=self.address, filters=[("state", "=", "ALIVE")], timeout=30)
+        # A dead node's details may be gone: that must not hide the live ones.
+        alive = list_nodes(
+            address=self.address,
+            filters=[("state", "=", "ALIVE")],
+            timeout=30,
+            raise_on_missing_output=False,
+        )
         return [{"node_id": n.node_id, "node_ip": n.node_ip, **(n.resources_total or {})} for n in alive]
 
     # ---- the executor interface ------------------------------------------------------------------
