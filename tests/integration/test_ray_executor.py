@@ -20,6 +20,7 @@ from openai import OpenAI
 
 from tests.conftest import LiveServer
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
+from tests.integration.http_helpers import console_client
 from tests.integration.ray_cluster import RayCluster, is_loopback, netns_usable, ray_cluster
 
 pytestmark = pytest.mark.ray
@@ -186,6 +187,9 @@ def test_placement_is_an_event_naming_a_live_node_of_the_cluster(
     assert placed[0].split()[5] in nodes
     assert "with 0 GPU(s) and 1.0 CPU(s)" in placed[0]  # a CPU-only cluster: the run asked for no GPU
     assert "devices: CPU only" in messages(stack.client(), done.id)
+    with console_client(stack.server, stack.keys["api_key"]) as console:
+        page = console.get(f"/console/runs/{run_key(done.id)}").text
+    assert f"Ray node <code>{placed[0].split()[5]}</code> (127.0.0.1), 0 GPU(s)" in page
 
 
 def test_cancel_on_ray_ends_with_a_checkpoint_of_the_step_reached(stack: Stack, chat_file: str) -> None:
