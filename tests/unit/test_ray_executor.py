@@ -129,3 +129,41 @@ def test_a_runs_resources_come_from_its_own_field_or_qianfans_resource_config() 
 def test_a_resource_count_that_is_not_a_non_negative_number_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="gpus"):
         run_resources(_run({"resources": {"gpus": bad}}))  # type: ignore[arg-type]
+
+
+class StubJobs:
+    """Stands in for the Jobs API client (the cluster is not under test here): one PENDING job."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def get_job_info(self, sid: str) -> SimpleNamespace:
+        from ray.job_submission import JobStatus
+
+        return SimpleNamespace(status=JobStatus.PENDING, submission_id=sid, driver_node_id=None)
+
+    def stop_job(self, sid: str) -> bool:
+        self.stopped.append(sid)
+        return True
+
+
+def _pending_executor(nodes: list[dict[str, float]]) -> tuple[RayExecutor, StubJobs]:
+    pytest.importorskip("ray")
+    executor = RayExecutor("http://127.0.0.1:1")
+    jobs = StubJobs()
+    executor._client = jobs
+    executor._nodes = lambda: nodes  # type: ignore[method-assign]
+    return executor, jobs
+
+
+HANDLE = {"submission_id": "k3y", "request": {"gpus": 2, "cpus": 1.0, "memory_mb": None}}
+
+
+def test_a_waiting_job_that_a_live_node_could_hold_keeps_waiting() -> None:
+    executor, jobs = _pending_executor([GPU_NODE])
+    assert executor.poll(HANDLE) is None and jobs.stopped == []
+
+
+def test_a_waiting_job_no_live_node_can_hold_any_more_is_withdrawn_not_left_pending() -> None:
+    executor, jobs = _pending_executor([CPU_NODE])  # the GPU node it waited for is gone
+    assert executor.poll(HANDLE) is not None and jobs.stopped == ["k3y"]

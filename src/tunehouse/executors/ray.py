@@ -35,6 +35,8 @@ STOP_WAIT_S = 60
 LOST_AFTER_S = 300.0
 # Kills are repeated by the scheduler every tick; the Jobs API hears one at most this often.
 KILL_EVERY_S = 10.0
+# How often a waiting (PENDING) job is checked against the live nodes: its node may have died meanwhile.
+PENDING_RECHECK_S = 30.0
 # Settings the trainer reads from its environment, none of them secret, passed on when the server has them.
 FORWARDED_ENV = (
     "TUNEHOUSE_COMPILE",
@@ -131,6 +133,7 @@ class RayExecutor:
         self._client: Any = None
         self._unreachable_since: dict[str, float] = {}
         self._killed_at: dict[str, float] = {}
+        self._pending_checked: dict[str, float] = {}
         self._infos: dict[str, Any] = {}  # the last JobDetails seen per submission id
 
     # ---- the Jobs API ----------------------------------------------------------------------------
@@ -223,6 +226,11 @@ class RayExecutor:
         if info is None:
             return Exit(None)  # the cluster no longer knows it (its head was replaced): lost, resume
         self._infos[sid] = info
+        if info.status == JobStatus.PENDING and self._stranded(handle):
+            # Its node is gone and no other can hold it: withdrawn rather than left PENDING for ever. The
+            # run's next attempt then fails at start, with the reason.
+            self.kill(handle)
+            return Exit(None)
         if info.status in (JobStatus.PENDING, JobStatus.RUNNING):
             return None
         self._killed_at.pop(sid, None)
@@ -272,6 +280,21 @@ class RayExecutor:
         }
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _stranded(self, handle: dict[str, Any]) -> bool:
+        """Whether a waiting job can no longer be placed on any live node (checked now and then)."""
+        sid = str(handle["submission_id"])
+        now = time.monotonic()
+        if now - self._pending_checked.get(sid, -PENDING_RECHECK_S) < PENDING_RECHECK_S:
+            return False
+        self._pending_checked[sid] = now
+        asked = handle.get("request") or {}
+        request = Request(int(asked.get("gpus", 0)), float(asked.get("cpus", 1.0)), asked.get("memory_mb"))
+        try:
+            return unplaceable_reason(request, self._nodes(), self.address) is not None
+        except (OSError, RuntimeError) as exc:
+            log.warning("listing Ray nodes failed: %s", exc)
+            return False
+
     def _unreachable(self, sid: str, exc: Exception) -> Exit | None:
         first = self._unreachable_since.setdefault(sid, time.monotonic())
         if time.monotonic() - first > LOST_AFTER_S:
