@@ -167,3 +167,54 @@ def test_a_waiting_job_that_a_live_node_could_hold_keeps_waiting() -> None:
 def test_a_waiting_job_no_live_node_can_hold_any_more_is_withdrawn_not_left_pending() -> None:
     executor, jobs = _pending_executor([CPU_NODE])  # the GPU node it waited for is gone
     assert executor.poll(HANDLE) is not None and jobs.stopped == ["k3y"]
+
+
+class StubCluster(StubJobs):
+    """A Jobs API holding the given jobs by id (status name, metadata run); records submissions."""
+
+    def __init__(self, jobs: dict[str, str]) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.submitted: list[str] = []
+
+    def get_job_info(self, sid: str) -> SimpleNamespace:
+        from ray.job_submission import JobStatus
+
+        if sid not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sid} does not exist.")
+        return SimpleNamespace(
+            status=JobStatus(self.jobs[sid]), submission_id=sid, metadata={"tunehouse_run": "k3y"}
+        )
+
+    def submit_job(self, *, submission_id: str, **_: object) -> str:
+        self.submitted.append(submission_id)
+        return submission_id
+
+
+def _executor_over(jobs: dict[str, str]) -> tuple[RayExecutor, StubCluster]:
+    pytest.importorskip("ray")
+    executor = RayExecutor("http://127.0.0.1:1")
+    cluster = StubCluster(jobs)
+    executor._client = cluster
+    executor._nodes = lambda: [CPU_NODE]  # type: ignore[method-assign]
+    return executor, cluster
+
+
+def test_a_launch_whose_job_exists_already_reattaches_instead_of_submitting(tmp_path: Path) -> None:
+    executor, cluster = _executor_over({"k3y-2": "RUNNING"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y-2" and cluster.submitted == []
+
+
+def test_an_earlier_attempt_still_running_is_reattached_so_a_run_never_has_two_trainers(
+    tmp_path: Path,
+) -> None:
+    executor, cluster = _executor_over({"k3y": "RUNNING"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y" and cluster.submitted == []
+
+
+def test_an_earlier_attempt_that_ended_leaves_the_new_attempt_its_own_job(tmp_path: Path) -> None:
+    executor, cluster = _executor_over({"k3y": "FAILED"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y-2" and cluster.submitted == ["k3y-2"]

@@ -187,6 +187,9 @@ class RayExecutor:
         # Launched before, and we crashed before the handle was stored: it is the same launch, reattach.
         if self._adoptable(self._lookup(sid), run_key):
             return handle
+        orphan = self._earlier_attempt_alive(run_key, attempt)
+        if orphan is not None:
+            return {**handle, "submission_id": orphan}
         reason = unplaceable_reason(request, nodes, self.address)
         if reason is not None:
             raise Unplaceable(reason)
@@ -205,6 +208,23 @@ class RayExecutor:
             if not self._adoptable(self._lookup(sid), run_key):
                 raise
         return handle
+
+    def _earlier_attempt_alive(self, run_key: str, attempt: int) -> str | None:
+        """The previous attempt's job if it still runs (a crash between its submit and the stored handle
+        made the scheduler think it lost): reattached, so that one run never has two trainers. One still
+        waiting is withdrawn instead."""
+        from ray.job_submission import JobStatus
+
+        if attempt <= 1:
+            return None
+        info = self._lookup(submission_id(run_key, attempt - 1))
+        if info is None or (info.metadata or {}).get("tunehouse_run") != run_key:
+            return None
+        if info.status == JobStatus.RUNNING:
+            return str(info.submission_id)
+        if info.status == JobStatus.PENDING:
+            self.kill({"submission_id": info.submission_id})
+        return None
 
     @staticmethod
     def _adoptable(info: Any | None, run_key: str) -> bool:
