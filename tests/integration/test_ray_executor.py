@@ -11,6 +11,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         pytest.skip(why)
     with ray_cluster() as cluster, cluster.ns.entered():
         cluster.start_head(cpus=2)
-        cluster.add_node("node2", cpus=1)
-        cluster.wait_for_nodes(2)
+        # The second node joins while the server starts (threads started here share the namespace).
+        joining = ThreadPoolExecutor(max_workers=1).submit(cluster.add_node, "node2", 1)
         home = tmp_path_factory.mktemp("ray-srv") / "home"
         (home / "models").mkdir(parents=True)
         shutil.copytree(tiny_model, home / "models" / MODEL)
@@ -79,6 +80,8 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             },
         )
         server.start()
+        joining.result()
+        cluster.wait_for_nodes(2)
         try:
             yield Stack(cluster, server, server.keys("alice"))
         finally:
