@@ -122,23 +122,27 @@ def serve(
 
 
 def _print_capacity(settings: Settings) -> None:
+    if settings.executor == "ray":
+        where = f"as jobs on the Ray cluster at {settings.ray_address}"
+        err_console.print(f"Trainers: up to {settings.capacity} at a time, {where}")
+        return
     where = f"one per GPU of {', '.join(settings.gpus)}" if settings.gpus else "no GPU assigned"
     err_console.print(f"Trainers: up to {settings.capacity} at a time, {where}")
 
 
 @app.command()
 def worker() -> None:
-    """Run the scheduler and the local executor without HTTP, beside `serve --no-scheduler`.
+    """Run the scheduler and the executor without HTTP, beside `serve --no-scheduler`.
 
     Each worker on one database needs its own TUNEHOUSE_NODE_ID (the lease owner of the runs it trains).
     """
-    from tunehouse.executors.local import LocalExecutor
+    from tunehouse.executors.factory import build_executor
     from tunehouse.scheduler.scheduler import Scheduler
 
     configure_logging()
     settings = _settings()
     ctx = open_context(settings)
-    scheduler = Scheduler(ctx.db, settings, LocalExecutor())
+    scheduler = Scheduler(ctx.db, settings, build_executor(settings))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

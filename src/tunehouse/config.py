@@ -9,6 +9,8 @@ from pathlib import Path
 from tunehouse import storage
 from tunehouse.executors.gpus import gpus_from_env
 
+EXECUTORS = ("local", "ray")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -24,6 +26,11 @@ class Settings:
     # Kept free on the home volume for the records: creates and uploads are refused (507) and trainers
     # stop checkpointing (the run fails with the reason) rather than eat into it.
     min_free_bytes: int = 64 << 20
+    # Where trainers run: "local" (subprocesses of this node) or "ray" (jobs on the cluster at ray_address).
+    executor: str = "local"
+    ray_address: str = ""
+    # The interpreter a Ray job runs the trainer with; empty: this server's own.
+    ray_python: str = ""
     # Where artifacts live (TUNEHOUSE_STORAGE_URL): "" = the home directory, else s3://bucket/prefix.
     storage_url: str = ""
 
@@ -83,7 +90,11 @@ class Settings:
 def load_settings() -> Settings:
     home = Path(os.environ.get("TUNEHOUSE_HOME", "~/.tunehouse")).expanduser().resolve()
     url = os.environ.get("TUNEHOUSE_DATABASE_URL") or f"sqlite:///{home / 'tunehouse.db'}"
-    gpus = gpus_from_env(os.environ)
+    executor = os.environ.get("TUNEHOUSE_EXECUTOR", "local").strip().lower() or "local"
+    if executor not in EXECUTORS:
+        raise ValueError(f"TUNEHOUSE_EXECUTOR={executor!r}: expected one of {', '.join(EXECUTORS)}")
+    # On Ray the cluster places GPUs; this machine's own are not lent to anyone.
+    gpus = gpus_from_env(os.environ) if executor == "local" else ()
     # With GPUs the natural limit is one trainer per GPU; on a CPU two at a time keeps the machine usable.
     default_running = len(gpus) if gpus else 2
     return Settings(
@@ -95,6 +106,9 @@ def load_settings() -> Settings:
         max_trainer_losses=int(os.environ.get("TUNEHOUSE_MAX_TRAINER_LOSSES", 3)),
         min_free_bytes=int(float(os.environ.get("TUNEHOUSE_MIN_FREE_MB", 64)) * (1 << 20)),
         storage_url=_storage_url(),
+        executor=executor,
+        ray_address=os.environ.get("TUNEHOUSE_RAY_ADDRESS", ""),
+        ray_python=os.environ.get("TUNEHOUSE_RAY_PYTHON", ""),
     )
 
 

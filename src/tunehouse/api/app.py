@@ -36,7 +36,7 @@ from tunehouse.config import Settings, load_settings
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
-from tunehouse.executors.local import LocalExecutor
+from tunehouse.executors.factory import build_executor
 from tunehouse.scheduler.scheduler import Scheduler
 from tunehouse.store.db import Database, lock_setup
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         ctx = open_context(settings)
         app.state.ctx = ctx
         app.state.metrics = build_registry(ctx.db, os.environ.get(MULTIPROC_ENV))
-        scheduler = Scheduler(ctx.db, settings, LocalExecutor()) if run_scheduler else None
+        scheduler = Scheduler(ctx.db, settings, build_executor(settings)) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
         app.state.ready = True

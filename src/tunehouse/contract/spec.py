@@ -15,6 +15,10 @@ EXIT_DATA_INVALID = 2
 EXIT_STOPPED = 3
 EXIT_NO_SPACE = 4  # the disk filled up; said in an error event too when there was room to say it
 
+# Written into the run directory to ask the trainer to checkpoint and exit, as SIGTERM does: the way to reach
+# a trainer whose engine gives a signal too little time (Ray's job stop kills after 3 s).
+STOP_REQUEST_FILE = "stop.request"
+
 Method = Literal["lora", "full"]
 TrainMode = Literal["sft", "pretrain", "dpo"]
 InitKind = Literal["lora_adapter", "full"]
@@ -70,6 +74,10 @@ class RunSpec(BaseModel):
     @property
     def events_path(self) -> Path:
         return self.output_dir / "events.jsonl"
+
+    @property
+    def stop_request_path(self) -> Path:
+        return self.output_dir / STOP_REQUEST_FILE
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from tunehouse.executors.base import Exit
+from tunehouse.executors.base import Exit, Resources
 
 
 class LocalExecutor:
@@ -21,7 +21,15 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, run_key: str, spec_path: Path, run_dir: Path, gpu: str | None = None) -> dict[str, Any]:
+    def start(
+        self,
+        run_key: str,
+        spec_path: Path,
+        run_dir: Path,
+        gpu: str | None = None,
+        resources: Resources | None = None,  # this node's GPUs are handed out one per run (``gpu``)
+        attempt: int = 1,
+    ) -> dict[str, Any]:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["PYTHONUNBUFFERED"] = "1"

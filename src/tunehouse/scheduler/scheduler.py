@@ -31,7 +31,7 @@ from tunehouse.core.files import store_results
 from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.core.storage import out_of_space
-from tunehouse.executors.base import Executor, Exit
+from tunehouse.executors.base import Executor, Exit, Resources, launched
 from tunehouse.executors.gpus import free_gpus
 from tunehouse.store.db import Database
 from tunehouse.store.locks import lock_row
@@ -133,7 +133,7 @@ class Scheduler:
             lock_row(s, run)  # a stop or pause committed meanwhile is seen, never overwritten
             if run.state not in ACTIVE or run.lease_owner != self.owner:
                 return
-            if not run.handle.get("pid"):
+            if not launched(run.handle):
                 # Claimed but never launched (we crashed in between, or it was stopped first): no trainer.
                 exit_: Exit | None = Exit(None)
             else:
@@ -141,8 +141,9 @@ class Scheduler:
                 self._deliver_stop(run)
                 exit_ = self.executor.poll(run.handle)
             if exit_ is None:
+                self._note_placement(s, run)
                 return
-            if run.handle.get("pid"):
+            if launched(run.handle):
                 self._ingest(s, run)  # events written just before the exit
             self._settle(s, run, exit_)
 
@@ -161,6 +162,22 @@ class Scheduler:
                 run.handle = {**run.handle, "trainer_state": payload.get("state")}
             elif e.get("type") == "model":
                 run.handle = {**run.handle, "model": payload}
+
+    def _note_placement(self, s: Any, run: Run) -> None:
+        """Once, where an executor that places trainers itself (Ray) put this one: an event of the run."""
+        describe = getattr(self.executor, "placement", None)
+        if describe is None or "placement" in run.handle:
+            return
+        where = describe(run.handle)
+        if where is None:
+            return
+        run.handle = {**run.handle, "placement": where}
+        node = where.get("node_ip") or "?"
+        message = (
+            f"trainer placed on Ray node {where.get('node_id')} ({node}) with {where.get('gpus')} GPU(s) "
+            f"and {where.get('cpus')} CPU(s), job {where.get('submission_id')}"
+        )
+        record_event(s, run, "log", {"message": message, "placement": where})
 
     def _deliver_stop(self, run: Run) -> None:
         """Stop and pause reach the trainer the same way: checkpoint, then exit.
@@ -323,11 +340,14 @@ class Scheduler:
                     return  # paused or stopped since the claim: the next tick settles it, no trainer needed
                 spec, run_loc = self._spec(s, run)
                 gpu = run.handle.get("gpu")
+                resources = run_resources(run)
             workdir = spec.output_dir
             spec_path = _write_spec(workdir, spec)
             if spec.storage_dir is not None:  # beside the run's other records, for whoever looks later
                 storage.write_bytes(storage.join(spec.storage_dir, "spec.json"), spec_path.read_bytes())
-            handle = self.executor.start(run.key, spec_path, workdir, gpu=gpu)
+            handle = self.executor.start(
+                run.key, spec_path, workdir, gpu=gpu, resources=resources, attempt=run.attempts
+            )
         except Exception as exc:  # a run that cannot start fails with the reason, not silently
             log.exception("launch of run %s failed", run_id)
             with self.db.session() as s:
@@ -408,6 +428,33 @@ class Scheduler:
             fetch=fetch,
         )
         return spec, run_loc
+
+
+def run_resources(run: Run) -> Resources:
+    """What a run asks to be placed on: its own ``resources`` ({gpus, cpus, memory_mb}), or what a dialect
+    stored for it (Qianfan's ``resourceConfig``: {gpus, cpus, memoryMB}); unset fields are the executor's."""
+    given = run.extra.get("resources") or {}
+    qianfan = run.extra.get("resourceConfig") or {}
+    if not isinstance(given, dict) or not isinstance(qianfan, dict):
+        raise ValueError("the run's resource request is not an object")
+
+    def pick(*values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
+
+    gpus = pick(given.get("gpus"), qianfan.get("gpus"))
+    cpus = pick(given.get("cpus"), qianfan.get("cpus"))
+    memory = pick(given.get("memory_mb"), qianfan.get("memoryMB"))
+    return Resources(
+        gpus=None if gpus is None else _count(gpus, "gpus", int),
+        cpus=None if cpus is None else _count(cpus, "cpus", float),
+        memory_mb=None if memory is None else _count(memory, "memory_mb", int),
+    )
+
+
+def _count(value: Any, name: str, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"the run's resource request {name}={value!r} is not a non-negative number")
+    return kind(value)
 
 
 def _test_step_delay() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import traceback
@@ -24,7 +25,7 @@ from tunehouse.contract.spec import (
 
 from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
-from .stop import StopFlag
+from .stop import StopFlag, watch_stop_file
 from .store_sync import EventMirror, fetch_inputs
 
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         stop.requested = True
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A request left by an earlier attempt is stale: the server asks only once this trainer has spoken.
+    with contextlib.suppress(OSError):
+        spec.stop_request_path.unlink(missing_ok=True)
+    watching = watch_stop_file(spec.stop_request_path, stop)
     try:
         try:
             mirror = None
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         with events:
             return _run(spec, events, stop)
     finally:
+        watching.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -78,6 +84,10 @@ def _fallback_writer(spec_path: Path) -> EventWriter:
         return EventWriter(None)
 
 
+# Set by an executor that does not choose the devices itself (Ray): the trainer says which ones it got.
+REPORT_DEVICES_ENV = "TUNEHOUSE_REPORT_DEVICES"
+
+
 def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     events.status("loading")
     if spec.fetch:
@@ -86,6 +96,9 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
         except (OSError, RuntimeError) as exc:
             reason = f"cannot fetch the run's inputs from the artifact store: {exc}"
             return _fail(events, reason, "runtime", EXIT_FAILED)
+    if os.environ.get(REPORT_DEVICES_ENV) == "1":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        events.log(f"devices: GPUs {visible} (CUDA_VISIBLE_DEVICES)" if visible else "devices: CPU only")
     if not spec.model_path.is_dir():
         return _fail(events, f"model_path {spec.model_path} is not a directory", "runtime", EXIT_FAILED)
     # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.

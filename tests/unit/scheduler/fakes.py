@@ -19,7 +19,7 @@ from typing import Any
 
 from tunehouse.contract.events import ErrorKind, EventType, TrainerState, read_events
 from tunehouse.contract.spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec, load_spec
-from tunehouse.executors.base import Exit
+from tunehouse.executors.base import Exit, Resources
 
 SIGTERM = "SIGTERM"
 SIGKILL = "SIGKILL"
@@ -137,7 +137,15 @@ class FakeExecutor:
             int, Exception
         ] = {}  # pid -> what polling it raises, as a flaky executor's might
 
-    def start(self, run_key: str, spec_path: Path, run_dir: Path, gpu: str | None = None) -> dict[str, Any]:
+    def start(
+        self,
+        run_key: str,
+        spec_path: Path,
+        run_dir: Path,
+        gpu: str | None = None,
+        resources: Resources | None = None,
+        attempt: int = 1,
+    ) -> dict[str, Any]:
         if self.refuse_start is not None:
             raise OSError(self.refuse_start)
         trainer = self.host.spawn(spec_path, run_dir, gpu)

@@ -14,7 +14,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunehouse.contract.spec import EXIT_DATA_INVALID, EXIT_FAILED, EXIT_STOPPED, EXIT_SUCCEEDED
+from tunehouse.contract.spec import (
+    EXIT_DATA_INVALID,
+    EXIT_FAILED,
+    EXIT_STOPPED,
+    EXIT_SUCCEEDED,
+    STOP_REQUEST_FILE,
+)
 from tunehouse.trainer.events import read_events
 
 from .conftest import chat_rows, of_type, run_in_process, run_trainer, spawn, text_rows, write_jsonl
@@ -163,3 +169,22 @@ def test_unreadable_spec_fails_with_error_event(tmp_path: Path) -> None:
         of_type(events, "error")[0]["kind"] == "runtime"
         and "model_path" in of_type(events, "error")[0]["reason"]
     )
+
+
+def test_a_stop_request_file_stops_with_a_checkpoint_like_sigterm(make_spec: Callable[..., Path]) -> None:
+    # How an executor whose engine kills soon after its own stop signal (Ray: 3 s) asks for a checkpoint.
+    spec_path = make_spec(hp={"epochs": 20, "step_delay": 0.3})
+    output_dir = Path(json.loads(spec_path.read_text())["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / STOP_REQUEST_FILE).write_text("left by an earlier attempt\n")  # stale: ignored
+    events_path = output_dir / "events.jsonl"
+    proc = spawn(spec_path)
+    deadline = time.monotonic() + 60
+    while not any(e["type"] == "progress" and e["payload"]["step"] >= 2 for e in read_events(events_path)):
+        assert proc.poll() is None and time.monotonic() < deadline, "trainer never reached step 2"
+        time.sleep(0.1)
+    (output_dir / STOP_REQUEST_FILE).write_text("stop\n")
+    assert proc.wait(timeout=120) == EXIT_STOPPED
+    stopped = read_events(events_path)
+    assert stopped[-1]["payload"] == {"state": "stopped"} and stopped[-2]["type"] == "checkpoint"
+    assert stopped[-2]["payload"]["step"] >= 2

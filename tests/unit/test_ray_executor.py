@@ -1,0 +1,220 @@
+"""The Ray executor's decisions that need no cluster: job ids, resource requests, placement, the job's env.
+
+The executor against a real cluster is tests/integration/test_ray_executor.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tunehouse.config import load_settings
+from tunehouse.executors.base import Resources
+from tunehouse.executors.factory import build_executor
+from tunehouse.executors.local import LocalExecutor
+from tunehouse.executors.ray import (
+    RayExecutor,
+    Request,
+    decide_request,
+    entrypoint,
+    job_env,
+    submission_id,
+    unplaceable_reason,
+)
+from tunehouse.scheduler.scheduler import run_resources
+
+CPU_NODE = {"CPU": 2.0, "memory": 8.0 * (1 << 30)}
+GPU_NODE = {"CPU": 16.0, "GPU": 4.0, "memory": 64.0 * (1 << 30)}
+
+
+def test_the_first_launch_is_the_run_key_and_each_later_one_appends_its_attempt() -> None:
+    assert submission_id("k3y", 1) == "k3y"
+    assert [submission_id("k3y", n) for n in (2, 3)] == ["k3y-2", "k3y-3"]
+
+
+def test_a_run_that_names_no_gpus_gets_one_where_the_cluster_has_gpus_and_the_cpu_elsewhere() -> None:
+    assert decide_request(None, [CPU_NODE, GPU_NODE]) == Request(gpus=1, cpus=1.0, memory_mb=None)
+    assert decide_request(None, [CPU_NODE]) == Request(gpus=0, cpus=1.0, memory_mb=None)
+
+
+def test_what_a_run_asks_for_is_what_is_requested() -> None:
+    asked = Resources(gpus=3, cpus=6.0, memory_mb=2048)
+    assert decide_request(asked, [CPU_NODE]) == Request(gpus=3, cpus=6.0, memory_mb=2048)
+
+
+def test_a_request_one_node_can_hold_is_placeable() -> None:
+    assert unplaceable_reason(Request(4, 8.0, 1024), [CPU_NODE, GPU_NODE], "http://h:8265") is None
+
+
+def test_a_request_must_fit_on_one_node_not_on_the_cluster_total() -> None:
+    reason = unplaceable_reason(Request(8, 1.0, None), [GPU_NODE, GPU_NODE], "http://h:8265")
+    assert reason is not None
+    assert "asks for 8 GPU(s)" in reason and "2 live node(s)" in reason and "4 GPU(s)" in reason
+    assert "http://h:8265" in reason
+
+
+def test_memory_beyond_every_node_is_unplaceable_and_named() -> None:
+    reason = unplaceable_reason(Request(0, 1.0, 1 << 20), [CPU_NODE], "http://h:8265")
+    assert reason is not None and "1048576 MB of memory" in reason and "8192 MB" in reason
+
+
+def test_a_cluster_with_no_live_node_places_nothing() -> None:
+    assert unplaceable_reason(Request(0, 1.0, None), [], "http://h:8265") is not None
+
+
+def test_the_entrypoint_runs_the_trainer_with_an_absolute_interpreter_quoted() -> None:
+    line = entrypoint("/opt/my env/bin/python", Path("/srv/th/runs/k/spec.json"))
+    assert line == "exec '/opt/my env/bin/python' -m tunehouse.trainer /srv/th/runs/k/spec.json"
+
+
+def test_the_job_env_holds_named_settings_and_never_a_secret() -> None:
+    server_env = {
+        "TUNEHOUSE_COMPILE": "0",
+        "AWS_SECRET_ACCESS_KEY": "s3cret",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "TUNEHOUSE_MASTER_KEY": "fernet",
+        "TUNEHOUSE_DATABASE_URL": "postgresql://u:pw@db/th",
+        "HOME": "/root",
+    }
+    env = job_env(Request(0, 4.0, None), server_env)
+    assert env["TUNEHOUSE_COMPILE"] == "0" and env["OMP_NUM_THREADS"] == "4"
+    assert int(env["RAY_JOB_STOP_WAIT_TIME_S"]) > 3
+    assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "TUNEHOUSE_MASTER_KEY", "HOME"} & set(env)
+    assert "s3cret" not in repr(env) and "pw@" not in repr(env)
+
+
+def test_the_ray_executor_needs_the_jobs_api_address() -> None:
+    with pytest.raises(ValueError, match="TUNEHOUSE_RAY_ADDRESS"):
+        RayExecutor("")
+
+
+def test_ray_is_chosen_by_the_environment_and_lends_none_of_this_machines_gpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNEHOUSE_GPUS", "0,1")
+    assert load_settings().executor == "local" and isinstance(build_executor(load_settings()), LocalExecutor)
+    monkeypatch.setenv("TUNEHOUSE_EXECUTOR", "ray")
+    monkeypatch.setenv("TUNEHOUSE_RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setenv("TUNEHOUSE_RAY_PYTHON", "/opt/venv/bin/python")
+    settings = load_settings()
+    assert settings.gpus == ()
+    executor = build_executor(settings)
+    assert isinstance(executor, RayExecutor)
+    assert executor.address == "http://127.0.0.1:8265" and executor.python == "/opt/venv/bin/python"
+
+
+def test_an_unknown_executor_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNEHOUSE_EXECUTOR", "slurm")
+    with pytest.raises(ValueError, match="slurm"):
+        load_settings()
+
+
+def _run(extra: dict[str, object]) -> SimpleNamespace:
+    return SimpleNamespace(extra=extra)
+
+
+def test_a_runs_resources_come_from_its_own_field_or_qianfans_resource_config() -> None:
+    assert run_resources(_run({})) == Resources()  # type: ignore[arg-type]
+    own = _run({"resources": {"gpus": 2, "cpus": 3, "memory_mb": 512}})
+    assert run_resources(own) == Resources(gpus=2, cpus=3.0, memory_mb=512)  # type: ignore[arg-type]
+    qianfan = _run({"resourceConfig": {"gpus": 8, "memoryMB": 100}})
+    assert run_resources(qianfan) == Resources(gpus=8, memory_mb=100)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, True, "4", [1]])
+def test_a_resource_count_that_is_not_a_non_negative_number_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="gpus"):
+        run_resources(_run({"resources": {"gpus": bad}}))  # type: ignore[arg-type]
+
+
+class StubJobs:
+    """Stands in for the Jobs API client (the cluster is not under test here): one PENDING job."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def get_job_info(self, sid: str) -> SimpleNamespace:
+        from ray.job_submission import JobStatus
+
+        return SimpleNamespace(status=JobStatus.PENDING, submission_id=sid, driver_node_id=None)
+
+    def stop_job(self, sid: str) -> bool:
+        self.stopped.append(sid)
+        return True
+
+
+def _pending_executor(nodes: list[dict[str, float]]) -> tuple[RayExecutor, StubJobs]:
+    pytest.importorskip("ray")
+    executor = RayExecutor("http://127.0.0.1:1")
+    jobs = StubJobs()
+    executor._client = jobs
+    executor._nodes = lambda: nodes  # type: ignore[method-assign]
+    return executor, jobs
+
+
+HANDLE = {"submission_id": "k3y", "request": {"gpus": 2, "cpus": 1.0, "memory_mb": None}}
+
+
+def test_a_waiting_job_that_a_live_node_could_hold_keeps_waiting() -> None:
+    executor, jobs = _pending_executor([GPU_NODE])
+    assert executor.poll(HANDLE) is None and jobs.stopped == []
+
+
+def test_a_waiting_job_no_live_node_can_hold_any_more_is_withdrawn_not_left_pending() -> None:
+    executor, jobs = _pending_executor([CPU_NODE])  # the GPU node it waited for is gone
+    assert executor.poll(HANDLE) is not None and jobs.stopped == ["k3y"]
+
+
+class StubCluster(StubJobs):
+    """A Jobs API holding the given jobs by id (status name, metadata run); records submissions."""
+
+    def __init__(self, jobs: dict[str, str]) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.submitted: list[str] = []
+
+    def get_job_info(self, sid: str) -> SimpleNamespace:
+        from ray.job_submission import JobStatus
+
+        if sid not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sid} does not exist.")
+        return SimpleNamespace(
+            status=JobStatus(self.jobs[sid]), submission_id=sid, metadata={"tunehouse_run": "k3y"}
+        )
+
+    def submit_job(self, *, submission_id: str, **_: object) -> str:
+        self.submitted.append(submission_id)
+        return submission_id
+
+
+def _executor_over(jobs: dict[str, str]) -> tuple[RayExecutor, StubCluster]:
+    pytest.importorskip("ray")
+    executor = RayExecutor("http://127.0.0.1:1")
+    cluster = StubCluster(jobs)
+    executor._client = cluster
+    executor._nodes = lambda: [CPU_NODE]  # type: ignore[method-assign]
+    return executor, cluster
+
+
+def test_a_launch_whose_job_exists_already_reattaches_instead_of_submitting(tmp_path: Path) -> None:
+    executor, cluster = _executor_over({"k3y-2": "RUNNING"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y-2" and cluster.submitted == []
+
+
+def test_an_earlier_attempt_still_running_is_reattached_so_a_run_never_has_two_trainers(
+    tmp_path: Path,
+) -> None:
+    executor, cluster = _executor_over({"k3y": "RUNNING"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y" and cluster.submitted == []
+
+
+def test_an_earlier_attempt_that_ended_leaves_the_new_attempt_its_own_job(tmp_path: Path) -> None:
+    executor, cluster = _executor_over({"k3y": "FAILED"})
+    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    assert handle["submission_id"] == "k3y-2" and cluster.submitted == ["k3y-2"]
