@@ -24,6 +24,7 @@ from tunehouse.contract.spec import (
 
 from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
+from .ranks import writer_for
 from .stop import StopFlag
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            events = EventWriter(spec.events_path)
+            events = writer_for(spec.events_path)  # rank 0 alone reports
         except OSError as exc:
             reason = f"cannot write events to {spec.events_path}: {exc}"
             return _fail(EventWriter(None), reason, "runtime", EXIT_FAILED)
