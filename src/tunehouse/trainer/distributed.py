@@ -28,6 +28,7 @@ import random
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -155,10 +156,11 @@ class _DataParallel(torch.nn.parallel.DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def wrap(model: Any, method: str, d: Dist) -> Any:
+def wrap(model: Any, method: str, d: Dist, log: Callable[[str], None]) -> Any:
     """LoRA under DDP; full fine-tuning sharded with FSDP2 (each decoder layer, then the root)."""
     if not d.active:
         return model
+    backend = dist.get_backend()
     if method == "full":
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
@@ -171,10 +173,15 @@ def wrap(model: Any, method: str, d: Dist) -> Any:
             if isinstance(module, FSDPModule):  # sum across ranks, as for DDP (plain SUM: gloo has no other)
                 module.set_gradient_divide_factor(1.0)
                 module.set_force_sum_reduction_for_comms(True)
+        log(
+            f"distributed: {d.world} ranks ({backend}), FSDP2 fully_shard on "
+            f"{len(decoder_layers(model))} decoder layers and the root; each rank trains its share of a step"
+        )
         return model
     ids = [d.local_rank] if torch.cuda.is_available() else None
     wrapped = _DataParallel(model, device_ids=ids)
     wrapped.register_comm_hook(None, _sum_hook)
+    log(f"distributed: {d.world} ranks ({backend}), DDP; each rank trains its share of a step")
     return wrapped
 
 

@@ -198,7 +198,7 @@ class Trainer:
         bucket = self._compile(model, make_forward(0))
         forward = make_forward(bucket)
         objective = self.objective_type.create(spec, forward)
-        model = distributed.wrap(model, spec.method, self.dist)
+        model = distributed.wrap(model, spec.method, self.dist, events.log)
         optimizer = build_optimizer(model, hp, self.place.device, events.log)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
