@@ -15,6 +15,8 @@ EXIT_DATA_INVALID = 2
 EXIT_STOPPED = 3
 EXIT_NO_SPACE = 4  # the disk filled up; said in an error event too when there was room to say it
 
+MAX_GPUS = 64  # GPUs one run may ask for
+
 Method = Literal["lora", "full"]
 TrainMode = Literal["sft", "pretrain", "dpo"]
 InitKind = Literal["lora_adapter", "full"]
@@ -46,6 +48,9 @@ class RunSpec(BaseModel):
     chat_template_fallback: Literal["chatml", "refuse"] = "chatml"
     # Bytes a checkpoint must leave free on its volume (the server's records may share it).
     reserve_bytes: int = Field(0, ge=0)
+    # GPUs (ranks) the run trains on: more than one launches the trainer under torchrun, one process per
+    # GPU (on a node that lends none, CPU processes over gloo: TUNEHOUSE_CPU_RANKS).
+    gpus: int = Field(1, ge=1, le=MAX_GPUS)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     @property

@@ -9,6 +9,7 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.contract.datasets import formats_for_train_mode
+from tunehouse.contract.spec import MAX_GPUS
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
@@ -42,11 +43,13 @@ def create_run(
     validation: list[DatasetChoice] | None = None,
     increment_from: tuple[Run, int | None] | None = None,
     output_name: str | None = None,
+    gpus: int = 1,
 ) -> Run:
     """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept.
 
     `increment_from` (a finished run and optionally one of its checkpoint steps) or a fine-tuned `model`
-    give the starting weights; `output_name` names the produced model and may hold `{key}`.
+    give the starting weights; `output_name` names the produced model and may hold `{key}`; `gpus` is how
+    many GPUs (ranks) it trains on.
     """
     model = _pin(job.base_model, model, "model")
     train_mode = _pin(job.train_mode, train_mode, "train_mode")
@@ -63,6 +66,8 @@ def create_run(
         raise InvalidParameter(
             "split_ratio", f"must be an integer within [{SPLIT_RATIO[0]}, {SPLIT_RATIO[1]}]"
         )
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
+        raise InvalidParameter("gpus", f"must be an integer within [1, {MAX_GPUS}]")
     if not datasets:
         raise InvalidParameter("datasets", "at least one training file is required")
     _check_formats(datasets, train_mode, "datasets")
@@ -102,6 +107,7 @@ def create_run(
             **(extra or {}),
             "unknown_hyperparameters": unknown,
             "output_name": name,
+            "gpus": gpus,
             **({"init_from": init_from} if init_from else {}),
         },
         state=RunState.QUEUED,
@@ -111,6 +117,12 @@ def create_run(
     s.flush()
     record_event(s, run, "status", {"state": RunState.QUEUED})
     return run
+
+
+def run_gpus(extra: dict[str, Any] | None) -> int:
+    """The GPUs a run asked for (runs created before the setting existed asked for one)."""
+    value = (extra or {}).get("gpus", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 def check_run_limit(s: Session, account_id: int) -> None:
