@@ -31,7 +31,8 @@ from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.core.storage import out_of_space
 from tunehouse.executors.base import Executor, Exit
-from tunehouse.executors.gpus import free_gpus
+from tunehouse.executors.gpus import free_gpus, unplaceable
+from tunehouse.executors.local import rank_failure
 from tunehouse.store.db import Database
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Checkpoint, File, Job, Run
@@ -185,7 +186,10 @@ class Scheduler:
         code = exit_.code
         # Gone without a word of its own: our signal, a kill from outside, or the process was lost.
         unexplained = said not in ("succeeded", "stopped", "failed") and (code is None or code < 0)
-        if said == "succeeded" and run.handle.get("model"):
+        lost_rank = self._lost_rank(run, said)
+        if lost_rank is not None:
+            run_svc.move(s, run, RunState.FAILED, error=lost_rank)
+        elif said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
         elif (
@@ -239,6 +243,28 @@ class Scheduler:
         message = f"trainer process {how}; requeued to resume {resumed} (loss {run.losses} of {bound})"
         record_event(s, run, "log", {"message": message})
 
+    def _lost_rank(self, run: Run, said: str | None) -> str | None:
+        """A multi-rank trainer that torchrun ended because one rank failed: that rank's reason (the others
+        only report the broken collective). None when rank 0 reported its own failure, or nothing failed."""
+        ranks = int(run.handle.get("ranks", 1))
+        if ranks <= 1 or not run.run_dir or said in ("succeeded", "stopped"):
+            return None
+        err = Path(run.run_dir) / "trainer.stderr.log"
+        try:
+            with open(err, "rb") as fh:
+                fh.seek(int(run.handle.get("stderr_from", 0)))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return None
+        failure = rank_failure(text)
+        if (
+            failure is None
+            or failure.exitcode in (0, EXIT_STOPPED)
+            or (failure.rank == 0 and said == "failed")
+        ):
+            return None
+        return f"rank {failure.rank} of {ranks} failed ({failure.detail}); torchrun ended the other ranks"
+
     def _crash_reason(self, run: Run, code: int) -> str:
         if code == EXIT_NO_SPACE:  # the trainer had no room left even to say why
             return f"no space left on device: the trainer could not write under {run.run_dir}"
@@ -277,19 +303,29 @@ class Scheduler:
             if free <= 0:
                 return []
             q = (
-                select(Run.id)
+                select(Run.id, Run.extra)
                 .where(Run.state == RunState.QUEUED, Run.deleted_at.is_(None))
                 .order_by(Run.id)
                 .limit(free)
             )
             if self.db.is_postgres:
                 q = q.with_for_update(skip_locked=True)
-            candidates = list(s.scalars(q))
+            candidates = list(s.execute(q))
             claimed: list[int] = []
             now = utcnow()
-            for rid in candidates:
-                # The GPU is part of the claim, so a restart before launch cannot hand it out twice.
-                handle = {"gpu": gpus[len(claimed)]} if self.settings.gpus else {}
+            for rid, extra in candidates:
+                need = run_svc.run_gpus(extra)
+                why = unplaceable(need, self.settings.gpus, self.settings.cpu_ranks)
+                if why is not None:  # never placeable here: fail it with the reason, not wait forever
+                    run = s.get_one(Run, rid)
+                    if run.state == RunState.QUEUED:
+                        reason = f"cannot be placed on {self.owner}: {why}"
+                        run_svc.move(s, run, RunState.FAILED, error=reason)
+                    continue
+                if self.settings.gpus and need > len(gpus):
+                    break  # first come, first served: later runs wait behind this one for its GPUs
+                # The GPUs are part of the claim, so a restart before launch cannot hand them out twice.
+                handle = {"gpu": ",".join(gpus[:need])} if self.settings.gpus else {}
                 # The conditional update is the claim: only one replica's can match the queued row.
                 res = s.execute(
                     update(Run)
@@ -298,6 +334,7 @@ class Scheduler:
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(rid)
+                    gpus = gpus[need:] if self.settings.gpus else gpus
             for rid in claimed:
                 run = s.get_one(Run, rid)
                 s.refresh(run)
@@ -331,8 +368,12 @@ class Scheduler:
             run.handle = {**handle, "gpu": gpu} if gpu is not None else handle
             run.executor = self.executor.name
             run.run_dir = str(run_dir)
+            ranks = int(handle.get("ranks", 1))
             if gpu is not None:
-                record_event(s, run, "log", {"message": f"trainer started on GPU {gpu}"})
+                where = f"GPU {gpu}" if "," not in gpu else f"GPUs {gpu} ({ranks} ranks)"
+                record_event(s, run, "log", {"message": f"trainer started on {where}"})
+            elif ranks > 1:
+                record_event(s, run, "log", {"message": f"trainer started on {ranks} CPU ranks (gloo)"})
 
     def _spec(self, s: Any, run: Run) -> tuple[RunSpec, Path]:
         base = resolve_base(s, run.base_model)
@@ -365,6 +406,7 @@ class Scheduler:
             cache_dir=self.settings.home / "cache" / "tokenized",
             chat_template_fallback=base.chat_template_fallback,
             reserve_bytes=self.settings.min_free_bytes,
+            gpus=run_svc.run_gpus(run.extra),
             hyperparameters=hp,
         )
         return spec, run_dir
