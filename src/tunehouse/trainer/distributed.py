@@ -49,10 +49,11 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    grouped: bool = False  # in a process group (torchrun's ranks; one rank too, when torchrun launched it)
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.grouped
 
     @property
     def is_main(self) -> bool:
@@ -111,9 +112,10 @@ class Dist:
 
 
 def init() -> Dist:
-    """Join the run's process group when torchrun started several ranks; a lone process is rank 0 of 1."""
+    """Join the run's process group when torchrun (or Ray Train) started this process; a process started
+    plainly is rank 0 of 1, outside any group."""
     world = env_world()
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
         return Dist()
     rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     _die_with_parent()
@@ -124,7 +126,7 @@ def init() -> Dist:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
-    return Dist(rank, world, local_rank)
+    return Dist(rank, world, local_rank, grouped=True)
 
 
 def _die_with_parent() -> None:
