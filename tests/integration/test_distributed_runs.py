@@ -6,11 +6,13 @@ OpenAI SDK follows it to the end like any other run.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 
 from tests.conftest import LiveServer, kill_trainers, start_server
@@ -18,10 +20,17 @@ from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.http_helpers import console_client
 
 
-@pytest.fixture
-def cpu_server(tmp_path: Path, tiny_model: Path, make_pg_database: Callable[[], str]) -> Iterator[LiveServer]:
+@pytest.fixture(scope="module")
+def cpu_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, make_pg_database: Callable[[], str]
+) -> Iterator[LiveServer]:
     srv = start_server(
-        tmp_path, "sqlite", tiny_model, make_pg_database, TUNEHOUSE_GPUS="none", TUNEHOUSE_CPU_RANKS="2"
+        tmp_path_factory.mktemp("cpu-ranks"),
+        "sqlite",
+        tiny_model,
+        make_pg_database,
+        TUNEHOUSE_GPUS="none",
+        TUNEHOUSE_CPU_RANKS="2",
     )
     yield srv
     srv.stop()
@@ -73,3 +82,39 @@ def test_a_run_asking_for_two_gpus_trains_on_two_cpu_ranks_to_done(cpu_server: L
     assert "trainer started on 2 CPU ranks (gloo)" in messages
     assert any("distributed: 2 ranks (gloo), DDP" in m for m in messages)
     assert final.fine_tuned_model
+
+
+def test_cancelling_a_two_rank_run_checkpoints_once_and_leaves_no_rank_running(
+    cpu_server: LiveServer, tmp_path: Path
+) -> None:
+    api_key = cpu_server.keys("dan")["api_key"]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(CHAT_ROWS))
+    args = [
+        "runs",
+        "create",
+        "--account",
+        "dan",
+        "--model",
+        "tunehouse-tiny",
+        "--file",
+        str(data),
+        "--gpus",
+        "2",
+    ]
+    created = json.loads(cpu_server.cli(*args, "--hp", "epochs=50", "--hp", "batch_size=1", "--json"))
+    client = openai.OpenAI(base_url=cpu_server.url + "/v1", api_key=api_key)
+    job_id = created["openai_job"]
+    wait_for(
+        lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job_id)), timeout=900
+    )
+    spec = str(cpu_server.home / "runs" / created["run"] / "spec.json")
+    ranks = [p for p in psutil.process_iter(["cmdline"]) if spec in (p.info["cmdline"] or [])]
+    assert len(ranks) == 3  # torchrun and its two ranks
+
+    client.fine_tuning.jobs.cancel(job_id)
+    final = wait_for(
+        lambda: (j := client.fine_tuning.jobs.retrieve(job_id)).status == "cancelled" and j, timeout=900
+    )
+    assert len(client.fine_tuning.jobs.checkpoints.list(final.id).data) == 1
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)

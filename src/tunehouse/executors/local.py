@@ -2,8 +2,10 @@
 
 A run of N > 1 GPUs (RunSpec.gpus) is launched as ``torchrun --nproc-per-node N`` on the run's GPU set:
 torchrun (the handle's pid) starts one rank per GPU, each in a session of its own, and ends them all
-when one dies. A stop signals the ranks themselves: torchrun would forward a SIGTERM to them too, but
-then kill them 30 s later, in the middle of a long checkpoint. A kill takes the ranks first.
+when one dies. A stop signals rank 0 alone: the ranks agree on a stop after every step, and rank 0 has
+its handler installed once it has reported anything (a rank still starting would die of a SIGTERM).
+torchrun itself is not signalled: it would forward the SIGTERM, then kill the ranks 30 s later, in the
+middle of a long checkpoint. A kill takes the ranks first.
 """
 
 from __future__ import annotations
@@ -107,13 +109,12 @@ class LocalExecutor:
 
     def stop(self, handle: dict[str, Any]) -> None:
         if int(handle.get("ranks", 1)) > 1:
-            ranks = self._ranks(handle)
-            if ranks:
-                for rank in ranks:
-                    with contextlib.suppress(psutil.Error):
+            for rank in self._ranks(handle):
+                with contextlib.suppress(psutil.Error):
+                    if rank.environ().get("RANK") == "0":
                         rank.send_signal(signal.SIGTERM)
-                return
-        self._signal(handle, signal.SIGTERM)
+                        return
+        self._signal(handle, signal.SIGTERM)  # no rank 0 yet: torchrun passes the signal on
 
     def kill(self, handle: dict[str, Any]) -> None:
         for rank in self._ranks(handle, recursive=True):  # in sessions of their own: killpg misses them

@@ -247,7 +247,7 @@ class Scheduler:
         """A multi-rank trainer that torchrun ended because one rank failed: that rank's reason (the others
         only report the broken collective). None when rank 0 reported its own failure, or nothing failed."""
         ranks = int(run.handle.get("ranks", 1))
-        if ranks <= 1 or not run.run_dir or said in ("succeeded", "stopped"):
+        if ranks <= 1 or not run.run_dir or said in ("succeeded", "stopped") or run.stop_requested:
             return None
         err = Path(run.run_dir) / "trainer.stderr.log"
         try:
