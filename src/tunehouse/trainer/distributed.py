@@ -38,7 +38,6 @@ import torch
 import torch.distributed as dist
 
 from .diskspace import written_whole
-from .ranks import env_rank, env_world
 
 DCP_DIR = "dcp"  # the sharded model + optimizer state inside a checkpoint of a multi-rank run
 TIMEOUT = timedelta(minutes=30)  # a collective stuck this long (a hung peer) fails the rank
@@ -114,19 +113,18 @@ class Dist:
 def init() -> Dist:
     """Join the run's process group when torchrun (or Ray Train) started this process; a process started
     plainly is rank 0 of 1, outside any group."""
-    world = env_world()
     if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
         return Dist()
-    rank, local_rank = env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     _die_with_parent()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # torch.device("cuda") means this rank's GPU from now on
         backend = "nccl"
     else:
         backend = "gloo"
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # Ray Train's workers arrive with the group already formed
         dist.init_process_group(backend, timeout=TIMEOUT)
-    return Dist(rank, world, local_rank, grouped=True)
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, grouped=True)
 
 
 def _die_with_parent() -> None:

@@ -15,10 +15,6 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def env_world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 class RankWriter(EventWriter):
     """Events of a rank other than 0: only rank 0 reports, so these go nowhere, except an error, which
     goes to stderr (the launcher's log) so the reason a rank failed is not lost."""
