@@ -1,4 +1,4 @@
-"""The `tunehouse` command: serve, worker, keys, models, accounts, backup and restore."""
+"""The `tunehouse` command: serve, worker, keys, models, accounts, runs, backup and restore."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ app = typer.Typer(
 keys_app = typer.Typer(help="API credentials.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts (tenants) and their limits.", no_args_is_help=True)
+runs_app = typer.Typer(help="Fine-tuning runs.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(runs_app, name="runs")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -288,6 +290,52 @@ def models_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
             str(r["account"] or ""),
         )
     console.print(table)
+
+
+@runs_app.command("create")
+def runs_create(
+    account: Annotated[str, typer.Option(help="Account (tenant) name; created if new.")],
+    model: Annotated[str, typer.Option(help="Base model (or fine-tuned model) to train.")],
+    train_file: Annotated[list[Path], typer.Option("--file", help="Training data (JSONL); repeatable.")],
+    method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    train_mode: Annotated[str, typer.Option(help="sft, pretrain or dpo.")] = "sft",
+    gpus: Annotated[int, typer.Option(help="GPUs (ranks) the run trains on.")] = 1,
+    hp: Annotated[
+        list[str] | None, typer.Option(help="A hyperparameter as key=value (JSON value); repeatable.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the job the run is created in.")] = "cli-run",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Upload the training files and queue a run (in a new job) for the scheduler."""
+    from tunehouse.core import files as file_svc
+    from tunehouse.core import jobs as job_svc
+    from tunehouse.core import runs as run_svc
+
+    settings = _settings()
+    try:
+        knobs = {k: _json_or_text(v) for k, _, v in (item.partition("=") for item in hp or [])}
+        ctx = open_context(settings)
+        with ctx.db.session() as s:
+            owner = accounts.get_or_create_account(s, account)
+            files = [
+                file_svc.upload_file(s, settings.files_dir, owner.id, p.name, p.read_bytes(), "fine-tune")
+                for p in train_file
+            ]
+            job = job_svc.create_job(s, owner.id, name, model=model, train_mode=train_mode)
+            choices = [run_svc.DatasetChoice(f) for f in files]
+            run = run_svc.create_run(s, job, method, knobs, choices, gpus=gpus, extra={"created_by": "cli"})
+            payload = {"run": run.key, "openai_job": f"ftjob-{run.key}", "qianfan_task": f"task-{run.key}"}
+    except (DomainError, OSError) as e:
+        err_console.print(f"[red]error:[/red] {getattr(e, 'message', e)}")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(payload) if as_json else f"queued run {run.key} ({payload['openai_job']})")
+
+
+def _json_or_text(value: str) -> object:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 @models_app.command("add")

@@ -20,6 +20,8 @@ class Settings:
     public_url: str
     # Each running trainer gets one of these; empty means no pinning (a CPU machine, or opted out).
     gpus: tuple[str, ...] = ()
+    # Without GPUs to lend: the most CPU processes (gloo ranks) one run may train on, one per GPU it asks for.
+    cpu_ranks: int = 1
     # A trainer that vanishes (killed, node lost) is resumed from its last checkpoint; the run fails when
     # it has been lost this many times.
     max_trainer_losses: int = 3
@@ -103,6 +105,7 @@ def load_settings() -> Settings:
         max_running=int(os.environ.get("TUNEHOUSE_MAX_RUNNING", default_running)),
         public_url=os.environ.get("TUNEHOUSE_PUBLIC_URL", ""),
         gpus=gpus,
+        cpu_ranks=max(1, int(os.environ.get("TUNEHOUSE_CPU_RANKS", 1))),
         max_trainer_losses=int(os.environ.get("TUNEHOUSE_MAX_TRAINER_LOSSES", 3)),
         min_free_bytes=int(float(os.environ.get("TUNEHOUSE_MIN_FREE_MB", 64)) * (1 << 20)),
         storage_url=_storage_url(),

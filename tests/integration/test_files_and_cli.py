@@ -153,3 +153,23 @@ def test_revoking_an_unknown_key_is_an_error_naming_it(server: LiveServer) -> No
         timeout=120,
     )
     assert out.returncode == 2 and "no-such-key" in out.stderr
+
+
+def test_runs_create_asks_for_gpus_and_a_node_that_cannot_hold_them_fails_the_run_saying_why(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    import openai
+
+    from tests.integration.conftest import wait_for
+
+    api_key = server.keys("gina")["api_key"]
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(CHAT_ROWS))
+    args = ["runs", "create", "--account", "gina", "--model", "tunehouse-tiny", "--file", str(data)]
+    created = json.loads(server.cli(*args, "--gpus", "3", "--hp", "epochs=1", "--json"))
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=api_key)
+    job = wait_for(
+        lambda: (j := client.fine_tuning.jobs.retrieve(created["openai_job"])).status == "failed" and j
+    )
+    # The test server lends no GPU and trains a run on one CPU process at most.
+    assert "asks for 3 GPUs" in job.error.message and "TUNEHOUSE_CPU_RANKS" in job.error.message

@@ -77,3 +77,7 @@ def test_without_gpus_a_node_runs_two_trainers_unless_told(monkeypatch: pytest.M
     assert load_settings().capacity == 2
     monkeypatch.setenv("TUNEHOUSE_MAX_RUNNING", "5")
     assert load_settings().capacity == 5
+
+
+def test_a_run_holding_several_gpus_holds_each_of_them() -> None:
+    assert free_gpus(("0", "1", "2", "3"), ["0,2", None]) == ["1", "3"]

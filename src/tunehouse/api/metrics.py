@@ -206,8 +206,31 @@ class GpuCollector(Collector):
                     continue  # another machine's trainer, or the pid was reused
             except (psutil.Error, ValueError):
                 continue
-            found.append((str(key), int(pid), str(gpu)))
+            gpus = str(gpu).split(",")
+            if len(gpus) == 1:
+                found.append((str(key), int(pid), str(gpu)))
+                continue
+            # A run of several GPUs: torchrun's ranks hold the memory, rank r on the run's r-th GPU.
+            for rank in _ranks(int(pid)):
+                local = rank[1]
+                if 0 <= local < len(gpus):
+                    found.append((str(key), rank[0], gpus[local]))
         return found
+
+
+def _ranks(launcher: int) -> list[tuple[int, int]]:
+    """(pid, LOCAL_RANK) of the trainer ranks a torchrun process started."""
+    out = []
+    try:
+        children = psutil.Process(launcher).children()
+    except psutil.Error:
+        return []
+    for child in children:
+        try:
+            out.append((child.pid, int(child.environ().get("LOCAL_RANK", "-1"))))
+        except (psutil.Error, ValueError):
+            continue
+    return out
 
 
 def _smi(smi: str, query: str) -> str:

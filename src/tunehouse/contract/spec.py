@@ -18,6 +18,7 @@ EXIT_NO_SPACE = 4  # the disk filled up; said in an error event too when there w
 # Written into the run directory to ask the trainer to checkpoint and exit, as SIGTERM does: the way to reach
 # a trainer whose engine gives a signal too little time (Ray's job stop kills after 3 s).
 STOP_REQUEST_FILE = "stop.request"
+MAX_GPUS = 64  # GPUs one run may ask for
 
 Method = Literal["lora", "full"]
 TrainMode = Literal["sft", "pretrain", "dpo"]
@@ -63,6 +64,9 @@ class RunSpec(BaseModel):
     chat_template_fallback: Literal["chatml", "refuse"] = "chatml"
     # Bytes a checkpoint must leave free on its volume (the server's records may share it).
     reserve_bytes: int = Field(0, ge=0)
+    # GPUs (ranks) the run trains on: more than one launches the trainer under torchrun, one process per
+    # GPU (on a node that lends none, CPU processes over gloo: TUNEHOUSE_CPU_RANKS).
+    gpus: int = Field(1, ge=1, le=MAX_GPUS)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     # The run's folder in the artifact store (s3://…/runs/<key>) when output_dir is a local scratch folder:
     # the trainer syncs events, checkpoints and outputs there, and reports a checkpoint only once stored.

@@ -11,6 +11,7 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.contract.datasets import formats_for_train_mode
+from tunehouse.contract.spec import MAX_GPUS
 from tunehouse.core import catalog
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
@@ -48,13 +49,15 @@ def create_run(
     increment_from: tuple[Run, int | None] | None = None,
     output_name: str | None = None,
     check_examples: bool = True,
+    gpus: int = 1,
 ) -> Run:
     """Validate everything a run needs up front, then queue it. Unknown hyperparameter keys are kept.
 
     `increment_from` (a finished run and optionally one of its checkpoint steps) or a fine-tuned `model`
-    give the starting weights; `output_name` names the produced model and may hold `{key}`. A run on too
-    few examples is recorded and failed at once (`fail_if_too_few_examples`); `check_examples=False` leaves
-    that to the caller, to log its own validation first.
+    give the starting weights; `output_name` names the produced model and may hold `{key}`; `gpus` is how
+    many GPUs (ranks) it trains on. A run on too few examples is recorded and failed at once
+    (`fail_if_too_few_examples`); `check_examples=False` leaves that to the caller, to log its own
+    validation first.
     """
     model = _pin(job.base_model, model, "model")
     train_mode = _pin(job.train_mode, train_mode, "train_mode")
@@ -71,6 +74,8 @@ def create_run(
         raise InvalidParameter(
             "split_ratio", f"must be an integer within [{SPLIT_RATIO[0]}, {SPLIT_RATIO[1]}]"
         )
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS:
+        raise InvalidParameter("gpus", f"must be an integer within [1, {MAX_GPUS}]")
     if not datasets:
         raise InvalidParameter("datasets", "at least one training file is required")
     _check_formats(datasets, train_mode, "datasets")
@@ -115,6 +120,7 @@ def create_run(
         extra={
             **(extra or {}),
             "unknown_hyperparameters": unknown,
+            "gpus": gpus,
             **({"init_from": init_from} if init_from else {}),
         },
         state=RunState.QUEUED,
@@ -156,6 +162,12 @@ def estimated_finish(run: Run, now: datetime | None = None) -> datetime | None:
     if run.state != RunState.RUNNING or eta is None:
         return None
     return (now or utcnow()) + timedelta(seconds=float(eta))
+
+
+def run_gpus(extra: dict[str, Any] | None) -> int:
+    """The GPUs a run asked for (runs created before the setting existed asked for one)."""
+    value = (extra or {}).get("gpus", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 def check_run_limit(s: Session, account_id: int) -> None:

@@ -1,4 +1,6 @@
-"""The GPUs this node lends to trainers: one per running trainer, so two runs never share a device."""
+"""The GPUs this node lends to trainers: each running trainer holds the GPUs it asked for (one by default),
+so two runs never share a device. A handle holds its run's GPUs as one comma-joined string ("0,1"), the
+value CUDA_VISIBLE_DEVICES takes."""
 
 from __future__ import annotations
 
@@ -53,5 +55,17 @@ def gpus_from_env(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def free_gpus(gpus: Iterable[str], taken: Iterable[str | None]) -> list[str]:
     """The node's GPUs no running trainer holds, in the configured order."""
-    held = set(taken)
+    held = {g for t in taken if t for g in t.split(",")}
     return [g for g in gpus if g not in held]
+
+
+def unplaceable(need: int, gpus: tuple[str, ...], cpu_ranks: int) -> str | None:
+    """Why a run asking for ``need`` GPUs can never run on this node (None when it can, now or later)."""
+    if gpus and need > len(gpus):
+        return f"the run asks for {need} GPUs and this node lends {len(gpus)} (TUNEHOUSE_GPUS)"
+    if not gpus and need > cpu_ranks:
+        return (
+            f"the run asks for {need} GPUs and this node lends none; it trains a run on at most "
+            f"{cpu_ranks} CPU process(es) (TUNEHOUSE_CPU_RANKS)"
+        )
+    return None

@@ -32,7 +32,8 @@ from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.core.storage import out_of_space
 from tunehouse.executors.base import Executor, Exit, Resources, launched
-from tunehouse.executors.gpus import free_gpus
+from tunehouse.executors.gpus import free_gpus, unplaceable
+from tunehouse.executors.local import rank_failure
 from tunehouse.store.db import Database
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Checkpoint, File, Job, Run
@@ -206,7 +207,10 @@ class Scheduler:
         code = exit_.code
         # Gone without a word of its own: our signal, a kill from outside, or the process was lost.
         unexplained = said not in ("succeeded", "stopped", "failed") and (code is None or code < 0)
-        if said == "succeeded" and run.handle.get("model"):
+        lost_rank = self._lost_rank(run, said)
+        if lost_rank is not None:
+            run_svc.move(s, run, RunState.FAILED, error=lost_rank)
+        elif said == "succeeded" and run.handle.get("model"):
             self._register_output(s, run)
             run_svc.move(s, run, RunState.SUCCEEDED)
         elif (
@@ -262,6 +266,28 @@ class Scheduler:
         message = f"trainer process {how}; requeued to resume {resumed} (loss {run.losses} of {bound})"
         record_event(s, run, "log", {"message": message})
 
+    def _lost_rank(self, run: Run, said: str | None) -> str | None:
+        """A multi-rank trainer that torchrun ended because one rank failed: that rank's reason (the others
+        only report the broken collective). None when rank 0 reported its own failure, or nothing failed."""
+        ranks = int(run.handle.get("ranks", 1))
+        if ranks <= 1 or not run.run_dir or said in ("succeeded", "stopped") or run.stop_requested:
+            return None
+        err = Path(run.run_dir) / "trainer.stderr.log"
+        try:
+            with open(err, "rb") as fh:
+                fh.seek(int(run.handle.get("stderr_from", 0)))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return None
+        failure = rank_failure(text)
+        if (
+            failure is None
+            or failure.exitcode in (0, EXIT_STOPPED)
+            or (failure.rank == 0 and said == "failed")
+        ):
+            return None
+        return f"rank {failure.rank} of {ranks} failed ({failure.detail}); torchrun ended the other ranks"
+
     def _crash_reason(self, run: Run, code: int) -> str:
         if code == EXIT_NO_SPACE:  # the trainer had no room left even to say why
             return f"no space left on device: the trainer could not write under {run.run_dir}"
@@ -301,19 +327,29 @@ class Scheduler:
             if free <= 0:
                 return []
             q = (
-                select(Run.id)
+                select(Run.id, Run.extra)
                 .where(Run.state == RunState.QUEUED, Run.deleted_at.is_(None))
                 .order_by(Run.id)
                 .limit(free)
             )
             if self.db.is_postgres:
                 q = q.with_for_update(skip_locked=True)
-            candidates = list(s.scalars(q))
+            candidates = list(s.execute(q))
             claimed: list[int] = []
             now = self.clock()
-            for rid in candidates:
-                # The GPU is part of the claim, so a restart before launch cannot hand it out twice.
-                handle = {"gpu": gpus[len(claimed)]} if self.settings.gpus else {}
+            for rid, extra in candidates:
+                need = run_svc.run_gpus(extra)
+                why = unplaceable(need, self.settings.gpus, self.settings.cpu_ranks)
+                if why is not None:  # never placeable here: fail it with the reason, not wait forever
+                    run = s.get_one(Run, rid)
+                    if run.state == RunState.QUEUED:
+                        reason = f"cannot be placed on {self.owner}: {why}"
+                        run_svc.move(s, run, RunState.FAILED, error=reason)
+                    continue
+                if self.settings.gpus and need > len(gpus):
+                    break  # first come, first served: later runs wait behind this one for its GPUs
+                # The GPUs are part of the claim, so a restart before launch cannot hand them out twice.
+                handle = {"gpu": ",".join(gpus[:need])} if self.settings.gpus else {}
                 # The conditional update is the claim: only one replica's can match the queued row.
                 res = s.execute(
                     update(Run)
@@ -322,6 +358,7 @@ class Scheduler:
                 )
                 if res.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(rid)
+                    gpus = gpus[need:] if self.settings.gpus else gpus
             for rid in claimed:
                 run = s.get_one(Run, rid)
                 s.refresh(run)
@@ -363,8 +400,12 @@ class Scheduler:
             run.handle = {**handle, "gpu": gpu} if gpu is not None else handle
             run.executor = self.executor.name
             run.run_dir = run_loc
+            ranks = int(handle.get("ranks", 1))
             if gpu is not None:
-                record_event(s, run, "log", {"message": f"trainer started on GPU {gpu}"})
+                where = f"GPU {gpu}" if "," not in gpu else f"GPUs {gpu} ({ranks} ranks)"
+                record_event(s, run, "log", {"message": f"trainer started on {where}"})
+            elif ranks > 1:
+                record_event(s, run, "log", {"message": f"trainer started on {ranks} CPU ranks (gloo)"})
 
     def _spec(self, s: Any, run: Run) -> tuple[RunSpec, str]:
         """The trainer's spec and the run's location in the store. With an object store the trainer
@@ -423,6 +464,7 @@ class Scheduler:
             token_cache_url=storage.join(settings.storage_root, "cache", "tokenized") if remote else None,
             chat_template_fallback=base.chat_template_fallback,
             reserve_bytes=settings.min_free_bytes,
+            gpus=run_svc.run_gpus(run.extra),
             hyperparameters=hp,
             storage_dir=run_loc if remote else None,
             fetch=fetch,
@@ -431,8 +473,9 @@ class Scheduler:
 
 
 def run_resources(run: Run) -> Resources:
-    """What a run asks to be placed on: its own ``resources`` ({gpus, cpus, memory_mb}), or what a dialect
-    stored for it (Qianfan's ``resourceConfig``: {gpus, cpus, memoryMB}); unset fields are the executor's."""
+    """What a run asks to be placed on: its ``gpus``, its own ``resources`` ({gpus, cpus, memory_mb}), or
+    what a dialect stored for it (Qianfan's ``resourceConfig``: {gpus, cpus, memoryMB}); unset fields are
+    the executor's."""
     given = run.extra.get("resources") or {}
     qianfan = run.extra.get("resourceConfig") or {}
     if not isinstance(given, dict) or not isinstance(qianfan, dict):
@@ -441,7 +484,8 @@ def run_resources(run: Run) -> Resources:
     def pick(*values: Any) -> Any:
         return next((v for v in values if v is not None), None)
 
-    gpus = pick(given.get("gpus"), qianfan.get("gpus"))
+    # The contract's own field (RunSpec.gpus, kept in extra) first; runs from before it read the others.
+    gpus = pick(run.extra.get("gpus"), given.get("gpus"), qianfan.get("gpus"))
     cpus = pick(given.get("cpus"), qianfan.get("cpus"))
     memory = pick(given.get("memory_mb"), qianfan.get("memoryMB"))
     return Resources(

@@ -25,6 +25,7 @@ from tunehouse.contract.spec import (
 
 from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
+from .ranks import env_rank, writer_for
 from .stop import StopFlag, watch_stop_file
 from .store_sync import EventMirror, fetch_inputs
 
@@ -59,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             mirror = None
-            if spec.storage_dir is not None:
+            if spec.storage_dir is not None and env_rank() == 0:  # rank 0 alone reports
                 mirror = EventMirror(spec.events_path, f"{spec.storage_dir.rstrip('/')}/events.jsonl")
                 spec.events_path.parent.mkdir(parents=True, exist_ok=True)
                 mirror.pull()
-            events = EventWriter(spec.events_path, mirror=mirror)
+            events = writer_for(spec.events_path, mirror=mirror)  # rank 0 alone reports
         except OSError as exc:
             reason = f"cannot write events to {spec.events_path}: {exc}"
             return _fail(EventWriter(None), reason, "runtime", EXIT_FAILED)

@@ -36,6 +36,7 @@ class TrainState:
     trained_tokens: int = 0  # real (non-pad) tokens trained on, across resumes
     examples_per_step: int = 0  # batch_size * gradient_accumulation_steps
     micro_batch_size: int = 0  # examples per forward pass; an OOM retry halves it for good
+    world_size: int = 1  # ranks that trained it; a resume needs as many
 
 
 def _rng_state() -> dict[str, Any]:
@@ -91,7 +92,9 @@ def load_state(ckpt: Path) -> TrainState:
 
 
 def is_checkpoint(path: Path) -> bool:
-    return (path / STATE_FILE).is_file() and (path / "optimizer.pt").is_file()
+    # A multi-rank run keeps its optimizer in the sharded state (trainer/distributed.py).
+    optimizer = (path / "optimizer.pt").is_file() or (path / "dcp" / ".metadata").is_file()
+    return (path / STATE_FILE).is_file() and optimizer
 
 
 def is_lora_checkpoint(path: Path) -> bool:
@@ -165,29 +168,38 @@ class Checkpointer:
         optimizer: Any,
         scheduler: Any,
         store: StoreSync | None = None,
+        dist: Any = None,
     ) -> None:
         self.root = root
         self.keep_last = keep_last
         self.parts = (model, tokenizer, optimizer, scheduler)
         self.store = store
+        self.dist = dist  # distributed.Dist of a multi-rank run
 
     def save(
         self, state: TrainState, metrics: dict[str, float], extra: dict[str, Any] | None
     ) -> tuple[Path, bool]:
         """(its path, whether it is the best so far) of the checkpoint of ``state.step``."""
         path = self.root / f"step-{state.step}"
-        save_checkpoint(path, *self.parts, state, metrics, extra)
+        if self.dist is not None and self.dist.active:
+            from .distributed import save_checkpoint as save_sharded
+
+            save_sharded(path, *self.parts, state, metrics, extra, self.dist)
+        else:
+            save_checkpoint(path, *self.parts, state, metrics, extra)
         current = [c for c in list_checkpoints(self.root) if c[0] <= state.step]
         return path, best_step(current) == state.step
 
     def publish(self, path: Path) -> str:
         """Where the checkpoint at ``path`` is durably kept: uploaded whole first when there is a store
-        (its state file last, so a partial upload is never taken for a checkpoint)."""
-        if self.store is None:
+        (its state file last, so a partial upload is never taken for a checkpoint); rank 0 uploads."""
+        if self.store is None or (self.dist is not None and not self.dist.is_main):
             return str(path)
         return self.store.publish_checkpoint(path, last=STATE_FILE)
 
     def rotate(self, upto: int) -> list[tuple[int, str]]:
+        if self.dist is not None and not self.dist.is_main:
+            return []  # rank 0 deletes
         deleted = rotate(self.root, self.keep_last, upto=upto)
         if self.store is None:
             return [(step, str(path)) for step, path in deleted]

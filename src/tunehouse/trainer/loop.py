@@ -25,6 +25,7 @@ import torch
 from tunehouse.contract.datasets import DataError
 from tunehouse.contract.spec import EXIT_STOPPED, EXIT_SUCCEEDED, RunSpec
 
+from . import distributed
 from .checkpoint import Checkpointer, TrainState, is_checkpoint, is_lora_checkpoint, load_state, restore_rng
 from .dataset import load_items
 from .diskspace import dir_bytes, ensure_room
@@ -117,6 +118,7 @@ class Trainer:
         self.hp = spec.hyperparameters
         self.events = events
         self.stop = stop
+        self.dist = distributed.init()  # rank 0 of 1 unless torchrun started several ranks
         self.place = choose_placement(spec)
         self.objective_type = OBJECTIVES[spec.train_mode]
         self.checkpoint_bytes = 0  # size of the last checkpoint written
@@ -157,7 +159,7 @@ class Trainer:
         self.train_items, self.eval_items = load_items(
             spec, tokenizer, self.objective_type.pairs, self.objective_type.length_policy, events.log
         )
-        if self.stop.requested:
+        if self.dist.agree(self.stop.requested):
             events.status("stopped")
             return EXIT_STOPPED
 
@@ -179,7 +181,8 @@ class Trainer:
             self.checkpointing = True
         self.micro = plan.micro
 
-        linear_head = plain_head(model, self.place.device)
+        # Sharded or data-parallel models must be called whole (their hooks gather and reduce).
+        linear_head = plain_head(model, self.place.device) and not self.dist.active
 
         def make_forward(bucket: int) -> Forward:
             return Forward(
@@ -196,6 +199,7 @@ class Trainer:
         bucket = self._compile(model, make_forward(0))
         forward = make_forward(bucket)
         objective = self.objective_type.create(spec, forward)
+        model = distributed.wrap(model, spec.method, self.dist, events.log)
         optimizer = build_optimizer(model, hp, self.place.device, events.log)
         steps_per_epoch = math.ceil(len(self.train_items) / self.per_step)
         total_steps = steps_per_epoch * hp.epochs
@@ -213,15 +217,21 @@ class Trainer:
                     f"batch_size * gradient_accumulation_steps is {self.per_step} but the checkpoint was "
                     f"taken with {state.examples_per_step}; an exact resume needs the same step size"
                 )
-            optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=self.place.device))
+            if self.dist.active:
+                distributed.check_world(state, resume, self.dist)
+                distributed.load_checkpoint(resume, model, optimizer, self.dist)
+            else:
+                optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=self.place.device))
             scheduler.load_state_dict(torch.load(resume / "scheduler.pt"))
             state.total_steps, state.steps_per_epoch, state.run_id = total_steps, steps_per_epoch, spec.run_id
             state.examples_per_step = self.per_step
+            state.world_size = self.dist.world
             self.micro = min(state.micro_batch_size or self.micro, self.micro)
             if not state.order and state.epoch < hp.epochs:
                 state.order = epoch_order(len(self.train_items), hp.seed, state.epoch)
             objective.resume(resume)
-            restore_rng(resume)  # last, so model construction above cannot disturb the streams
+            # Last, so model construction above cannot disturb the streams.
+            distributed.restore_rng(resume, self.dist) if self.dist.active else restore_rng(resume)
             events.log(f"resumed from {resume} at step {state.step} of {total_steps}")
         else:
             state = TrainState(
@@ -233,16 +243,17 @@ class Trainer:
                 run_id=spec.run_id,
                 examples_per_step=self.per_step,
                 micro_batch_size=self.micro,
+                world_size=self.dist.world,
             )
             splits = {"train": self.train_items, "eval": self.eval_items}
             line = objective.start(model, splits, self.no_grad, self.micro)
             if line:
                 events.log(line)
-        if self.stop.requested:
+        if self.dist.agree(self.stop.requested):
             events.status("stopped")
             return EXIT_STOPPED
 
-        tensorboard = ScalarWriter(spec.tensorboard_dir)
+        tensorboard = ScalarWriter(spec.tensorboard_dir) if self.dist.is_main else distributed.NoScalars()
         try:
             return self._train(model, tokenizer, objective, optimizer, scheduler, state, resume, tensorboard)
         finally:
@@ -257,7 +268,7 @@ class Trainer:
         scheduler: Any,
         state: TrainState,
         resume: Path | None,
-        tensorboard: ScalarWriter,
+        tensorboard: ScalarWriter | distributed.NoScalars,
     ) -> int:
         spec, hp, events = self.spec, self.hp, self.events
         total_steps, steps_per_epoch = state.total_steps, state.steps_per_epoch
@@ -286,9 +297,17 @@ class Trainer:
                 since_ckpt.append(read.loss)
 
         evaluator = Evaluator(objective, self.eval_items, self.no_grad)
-        store = StoreSync(spec) if spec.storage_dir is not None else None
+        # Rank 0 alone writes to the store: the ranks of one node share the checkpoint folder it uploads.
+        store = StoreSync(spec) if spec.storage_dir is not None and self.dist.is_main else None
         checkpointer = Checkpointer(
-            spec.checkpoints_dir.resolve(), hp.save_total_limit, model, tokenizer, optimizer, scheduler, store
+            spec.checkpoints_dir.resolve(),
+            hp.save_total_limit,
+            model,
+            tokenizer,
+            optimizer,
+            scheduler,
+            store=store,
+            dist=self.dist,
         )
 
         def run_eval() -> None:
@@ -326,10 +345,11 @@ class Trainer:
             indices = state.order[state.batch_index * self.per_step : (state.batch_index + 1) * self.per_step]
             items = [self.train_items[i] for i in indices]
             lr = scheduler.get_last_lr()[0]
-            objective.prefetch(items, self.micro)
+            objective.prefetch(self.dist.shard(items, indices)[0], self.micro)
             if state.batch_index + 1 < steps_per_epoch:  # the next epoch's order is drawn later
                 following = state.order[(state.batch_index + 1) * self.per_step :][: self.per_step]
-                objective.prefetch([self.train_items[i] for i in following], self.micro)
+                upcoming = [self.train_items[i] for i in following]
+                objective.prefetch(self.dist.shard(upcoming, following)[0], self.micro)
             result, grad_norm = self.train_step(
                 model, objective, optimizer, scheduler, items, indices, state.step + 1
             )
@@ -393,7 +413,7 @@ class Trainer:
             if last:
                 break
             self._sleep(hp.step_delay)
-            if self.stop.requested:
+            if self.dist.agree(self.stop.requested):  # a SIGTERM to any rank stops all after this step
                 settle()
                 if saved_step != state.step:
                     checkpoint(evaluate_first=False)  # stop promptly: no extra evaluation pass
@@ -403,11 +423,17 @@ class Trainer:
         settle()
         if saved_step != state.step:
             checkpoint()
-        model_info = save_model(spec, model, tokenizer, state.trained_tokens)
-        if store is not None:
-            store.publish_dir(spec.tensorboard_dir)
-            model_info = store.publish_model(model_info)
-        events.emit("model", model_info)
+        if self.dist.active:
+            model_info = distributed.save_model(
+                save_model, spec, model, tokenizer, state.trained_tokens, self.dist
+            )
+        else:
+            model_info = save_model(spec, model, tokenizer, state.trained_tokens)
+        if model_info is not None:  # rank 0's
+            if store is not None:
+                store.publish_dir(spec.tensorboard_dir)
+                model_info = store.publish_model(model_info)
+            events.emit("model", model_info)
         events.status("succeeded")
         return EXIT_SUCCEEDED
 
@@ -428,6 +454,8 @@ class Trainer:
         def attempt(micro: int) -> StepResult:
             _rng_restore(snapshot)  # a retried step draws the same dropout masks
             optimizer.zero_grad(set_to_none=True)
+            if self.dist.active:
+                return distributed.step(self.dist, objective, model, items, indices, micro)
             return objective.step(model, items, indices, micro)
 
         def on_retry(smaller: int) -> None:
@@ -439,10 +467,13 @@ class Trainer:
                 f"covers {len(items)} example(s)"
             )
 
-        result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
+        if self.dist.active:  # a retry on one rank alone would leave the others waiting in a collective
+            result = attempt(self.micro)
+        else:
+            result, self.micro = with_oom_retry(attempt, self.micro, on_retry)
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
+        grad_norm = distributed.local_norm(torch.nn.utils.clip_grad_norm_(params, max_norm)).detach()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -452,7 +483,7 @@ class Trainer:
         """Compile the decoder layers when wanted (regional_compile.py); returns the length bucket
         batches must be padded to, 0 when the layers stay eager."""
         wanted, why = compile_wanted(self.place.device.type)
-        if not wanted:
+        if not wanted or self.dist.active:  # compiled layers under FSDP2/DDP: not tried yet
             return 0
         layers = decoder_layers(model)
         if not layers:
@@ -484,4 +515,10 @@ class Trainer:
 
 
 def run_training(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
-    return Trainer(spec, events, stop).run()
+    trainer = Trainer(spec, events, stop)
+    try:
+        code = trainer.run()
+        trainer.dist.barrier()  # no rank leaves while rank 0 still writes (torchrun ends the rest)
+        return code
+    finally:
+        trainer.dist.close()

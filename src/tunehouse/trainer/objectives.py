@@ -73,7 +73,15 @@ class Objective:
         """Start collating the batches a step over ``items`` will run (see prefetch.py)."""
         self.forward.prefetch(chunks(items, micro))
 
-    def step(self, model: Any, items: list[Any], indices: list[int], micro: int) -> StepResult:
+    def step_units(self, items: list[Any]) -> int:
+        """What a step's loss is averaged over: on several ranks, the whole step's count, each rank's
+        loss divided by it (distributed.py)."""
+        return sum(e.targets for e in items)
+
+    def step(
+        self, model: Any, items: list[Any], indices: list[int], micro: int, units: int | None = None
+    ) -> StepResult:
+        """``units``: the loss's denominator when ``items`` are one rank's share of the step."""
         raise NotImplementedError
 
     def eval_chunk(self, model: Any, chunk: list[Any], indices: list[int], sums: EvalSums) -> None:
@@ -90,8 +98,10 @@ class SftObjective(Objective):
     """Supervised fine-tuning: next-token cross-entropy on the labelled (assistant) tokens, averaged
     over all of the step's target tokens."""
 
-    def step(self, model: Any, items: list[Example], indices: list[int], micro: int) -> StepResult:
-        result = StepResult(units=sum(e.targets for e in items))
+    def step(
+        self, model: Any, items: list[Example], indices: list[int], micro: int, units: int | None = None
+    ) -> StepResult:
+        result = StepResult(units=self.step_units(items) if units is None else units)
         for chunk in chunks(items, micro):
             batch = self.forward.batch(chunk)
             loss_sum, n, correct = self.forward.token_sums(model, batch)
@@ -190,15 +200,20 @@ class DpoObjective(Objective):
     def prefetch(self, items: list[Pair], micro: int) -> None:
         self.forward.prefetch([self.forward.pair_examples(c) for c in chunks(items, micro)], pack=False)
 
-    def step(self, model: Any, items: list[Pair], indices: list[int], micro: int) -> StepResult:
-        result = StepResult(units=len(items))
+    def step_units(self, items: list[Any]) -> int:
+        return len(items)
+
+    def step(
+        self, model: Any, items: list[Pair], indices: list[int], micro: int, units: int | None = None
+    ) -> StepResult:
+        result = StepResult(units=len(items) if units is None else units)
         margin_sum: torch.Tensor | float = 0.0
         wins: torch.Tensor | int = 0
         for chunk, chunk_idx in zip(chunks(items, micro), chunks(indices, micro), strict=True):
             ref_chosen, ref_rejected = self._reference_logps(model, chunk, "train", chunk_idx)
             chosen, rejected, batch, n, correct = self.forward.pair_logps(model, chunk)
             losses, margin = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
-            (losses.sum() / len(items)).backward()
+            (losses.sum() / result.units).backward()
             result.loss_sum += losses.detach().double().sum()
             margin_sum += margin.detach().double().sum()
             wins += (margin.detach() > 0).sum()
@@ -207,8 +222,8 @@ class DpoObjective(Objective):
             result.real_tokens += batch.real_tokens
             result.positions += batch.positions
         result.extra = {
-            "reward_accuracy": torch.as_tensor(wins, dtype=torch.float64) / len(items),
-            "reward_margin": torch.as_tensor(margin_sum, dtype=torch.float64) / len(items),
+            "reward_accuracy": torch.as_tensor(wins, dtype=torch.float64) / result.units,
+            "reward_margin": torch.as_tensor(margin_sum, dtype=torch.float64) / result.units,
         }
         return result
 

@@ -44,6 +44,7 @@ from tunehouse.api.console.auth import (
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.contract.datasets import detect_format, formats_for_train_mode, validate_dataset
+from tunehouse.contract.spec import MAX_GPUS
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import accounts, registry
 from tunehouse.core import files as file_svc
@@ -382,12 +383,14 @@ def _run_form_context(s: Any, account: int, job: Job, values: dict[str, Any]) ->
             "train_mode": mode,
             "method": method,
             "split_ratio": values.get("split_ratio", "0"),
+            "gpus": values.get("gpus", "1"),
             "output_name": values.get("output_name", ""),
             "datasets": set(values.get("datasets", [])),
             "validation": set(values.get("validation", [])),
             "hp": values.get("hp", {}),
         },
         "hp_step": views.hp_step,
+        "max_gpus": MAX_GPUS,
     }
 
 
@@ -592,6 +595,7 @@ async def create_run(
         "train_mode": text.get("train_mode", ""),
         "method": text.get("method", ""),
         "split_ratio": text.get("split_ratio", "0"),
+        "gpus": text.get("gpus", "1"),
         "output_name": text.get("output_name", "").strip(),
         "datasets": [v for v in form.getlist("datasets") if isinstance(v, str)],
         "validation": [v for v in form.getlist("validation") if isinstance(v, str)],
@@ -650,6 +654,10 @@ def _create_run(s: Any, account: int, job: Job, values: dict[str, Any], hp: dict
         split = int(values["split_ratio"] or 0)
     except ValueError:
         raise InvalidParameter("split_ratio", "must be a whole number of percent") from None
+    try:
+        gpus = int(values["gpus"] or 1)
+    except ValueError:
+        raise InvalidParameter("gpus", "must be a whole number") from None
     datasets = [run_svc.DatasetChoice(file_svc.get_file(s, account, key=k)) for k in values["datasets"]]
     validation = [run_svc.DatasetChoice(file_svc.get_file(s, account, key=k)) for k in values["validation"]]
     run = run_svc.create_run(
@@ -663,6 +671,7 @@ def _create_run(s: Any, account: int, job: Job, values: dict[str, Any], hp: dict
         train_mode=values["train_mode"] or None,
         validation=validation or None,
         output_name=values["output_name"] or None,
+        gpus=gpus,
         extra={"created_by": "console"},
     )
     return run.key
