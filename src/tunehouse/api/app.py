@@ -26,6 +26,7 @@ from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, build_registry
 from tunehouse.api.openapi import build_openapi
+from tunehouse.api.polling import PollingLane
 from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.api.storage_guard import StorageGuard
 from tunehouse.config import Settings, load_settings
@@ -77,7 +78,9 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.state.ready = False
     app.state.limits = limits
     app.state.rate_limiter = limiter_for(limits)
-    app.add_middleware(RouteNoter)  # innermost: sees the route the router matched
+    # Innermost: the polled status calls, answered without the router (see api.polling).
+    app.add_middleware(PollingLane, calls=[qianfan_v2.POLLED, openai_fine_tuning.POLLED, dashscope.POLLED])
+    app.add_middleware(RouteNoter)  # sees the route the router (or the lane) matched
     app.add_middleware(StorageGuard, settings=settings)
     app.add_middleware(EdgeMiddleware, limits=limits)
     app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,50 +47,55 @@ class OpenAIRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            rid = request_id()
-            try:
-                response = await handler(request)
-            except OpenAIError as e:
-                response = openai_error(e.status, e.message, e.type, e.param, e.code)
-            except BearerFailure as e:
-                response = openai_error(401, e.message, code="invalid_api_key")
-            except RequestValidationError as e:
-                err = e.errors()[0] if e.errors() else {}
-                where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-                response = openai_error(400, f"{where}: {err.get('msg', 'invalid request')}", param=where)
-            except InvalidParameter as e:
-                response = openai_error(400, f"{e.field}: {e.message}", param=e.field)
-            except NotFound as e:
-                response = openai_error(404, e.message)
-            except Conflict as e:
-                response = openai_error(400, e.message, code="invalid_state")
-            except QuotaExceeded as e:
-                # Seconds of backoff cannot end a training run: a retry would only repeat the refusal.
-                response = openai_error(
-                    429,
-                    e.message,
-                    type_="rate_limit_error",
-                    code="rate_limit_exceeded",
-                    headers={"x-should-retry": "false"},
-                )
-            except RateLimited as e:
-                response = openai_error(
-                    429, e.message, type_="rate_limit_error", code="rate_limit_exceeded", headers=e.headers
-                )
-            except ClientDisconnect:
-                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception as exc:
-                if out_of_space(exc):
-                    log.warning("OpenAI-dialect request failed: no space left on device")
-                    response = openai_error(507, NO_SPACE_MESSAGE, "server_error", code=INSUFFICIENT_STORAGE)
-                else:
-                    log.exception("OpenAI-dialect request failed")
-                    response = openai_error(500, "The server had an error while processing your request.")
-                response.headers["x-should-retry"] = "false"  # a retry of the same request fails the same
-            response.headers["x-request-id"] = rid
-            return response
+            return await openai_guarded(handler(request))
 
         return guarded
+
+
+async def openai_guarded(answer: Awaitable[Response]) -> Response:
+    """`answer` awaited, with any failure as its OpenAI error; either way with x-request-id."""
+    rid = request_id()
+    try:
+        response = await answer
+    except OpenAIError as e:
+        response = openai_error(e.status, e.message, e.type, e.param, e.code)
+    except BearerFailure as e:
+        response = openai_error(401, e.message, code="invalid_api_key")
+    except RequestValidationError as e:
+        err = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        response = openai_error(400, f"{where}: {err.get('msg', 'invalid request')}", param=where)
+    except InvalidParameter as e:
+        response = openai_error(400, f"{e.field}: {e.message}", param=e.field)
+    except NotFound as e:
+        response = openai_error(404, e.message)
+    except Conflict as e:
+        response = openai_error(400, e.message, code="invalid_state")
+    except QuotaExceeded as e:
+        # Seconds of backoff cannot end a training run: a retry would only repeat the refusal.
+        response = openai_error(
+            429,
+            e.message,
+            type_="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={"x-should-retry": "false"},
+        )
+    except RateLimited as e:
+        response = openai_error(
+            429, e.message, type_="rate_limit_error", code="rate_limit_exceeded", headers=e.headers
+        )
+    except ClientDisconnect:
+        raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
+    except Exception as exc:
+        if out_of_space(exc):
+            log.warning("OpenAI-dialect request failed: no space left on device")
+            response = openai_error(507, NO_SPACE_MESSAGE, "server_error", code=INSUFFICIENT_STORAGE)
+        else:
+            log.exception("OpenAI-dialect request failed")
+            response = openai_error(500, "The server had an error while processing your request.")
+        response.headers["x-should-retry"] = "false"  # a retry of the same request fails the same
+    response.headers["x-request-id"] = rid
+    return response
 
 
 @dataclass(frozen=True)
