@@ -45,7 +45,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tunehouse.api.bce_auth import PREFIX, canonical_request, sign  # noqa: E402
+from tunehouse.api.qianfan.signing import PREFIX, canonical_request, sign  # noqa: E402
 from tunehouse.core import catalog  # noqa: E402
 
 ACCOUNT = "bench"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tunehouse.api.bce_auth import AuthFailure, canonical_request, verify
+from tunehouse.api.qianfan.signing import AuthFailure, canonical_request, verify
 
 AK, SK = "AKEXAMPLE", "SKEXAMPLE"
 STAMP = "2024-05-01T08:00:00Z"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunehouse.api.console_views import capabilities_spec, parse_hyperparameters
+from tunehouse.api.console.views import capabilities_spec, parse_hyperparameters
 from tunehouse.core.catalog import TINY_MODEL
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tunehouse.api import dashscope_names as names
+from tunehouse.api.dashscope import names
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.states import RunState
 

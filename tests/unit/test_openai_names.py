@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunehouse.api import openai_names as names
+from tunehouse.api.openai import names
 from tunehouse.core.states import RunState
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunehouse.api.qianfan_names import (
+from tunehouse.api.qianfan.names import (
     HP_OUT,
     SCALE_OUT,
     TRAIN_MODE_OUT,

@@ -16,17 +16,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunehouse.api import console, dashscope, openai_files, openai_fine_tuning, qianfan_v1, qianfan_v2
-from tunehouse.api.bce_auth import AuthFailure
 from tunehouse.api.bearer_auth import BearerFailure
+from tunehouse.api.console import routes as console
 from tunehouse.api.context import AppContext
+from tunehouse.api.dashscope import routes as dashscope
 from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.envelopes import openai_error, qianfan_v2_error
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, build_registry
+from tunehouse.api.openai import files as openai_files
+from tunehouse.api.openai import fine_tuning as openai_fine_tuning
 from tunehouse.api.openapi import build_openapi
 from tunehouse.api.polling import PollingLane
+from tunehouse.api.qianfan import v1 as qianfan_v1
+from tunehouse.api.qianfan import v2 as qianfan_v2
+from tunehouse.api.qianfan.signing import AuthFailure
 from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.api.storage_guard import StorageGuard
 from tunehouse.config import Settings, load_settings

@@ -113,6 +113,6 @@ def dialect_error(
 
 def console_error(status: int, message: str) -> Response:
     # Import here: the console module pulls in templates and the routers, which import this module.
-    from tunehouse.api.console import error_page
+    from tunehouse.api.console.routes import error_page
 
     return error_page(status, message)

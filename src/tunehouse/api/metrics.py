@@ -65,7 +65,7 @@ def route_of(scope: Scope) -> str:
     if not isinstance(template, str):
         return "unmatched"
     if template == "/v2/finetuning":
-        from tunehouse.api.qianfan_v2 import ACTIONS
+        from tunehouse.api.qianfan.v2 import ACTIONS
 
         query = scope.get("query_string", b"").decode("latin-1")
         action = next((p[7:] for p in query.split("&") if p.startswith("Action=")), "")

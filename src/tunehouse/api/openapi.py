@@ -12,8 +12,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from tunehouse.api import qianfan_v1, qianfan_v2
 from tunehouse.api.dialects import Dialect, dialect_of
+from tunehouse.api.qianfan import v1 as qianfan_v1
+from tunehouse.api.qianfan import v2 as qianfan_v2
 
 Schema = dict[str, Any]
 

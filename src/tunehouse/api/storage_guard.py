@@ -11,9 +11,9 @@ from urllib.parse import parse_qs
 
 from fastapi.responses import PlainTextResponse, Response
 
-from tunehouse.api.dashscope import ds_error
+from tunehouse.api.dashscope.routes import ds_error
 from tunehouse.api.envelopes import openai_error, qianfan_v1_error, qianfan_v2_error
-from tunehouse.api.qianfan_v1 import INTERNAL
+from tunehouse.api.qianfan.v1 import INTERNAL
 from tunehouse.config import Settings
 from tunehouse.core.storage import InsufficientStorage, check_room
 

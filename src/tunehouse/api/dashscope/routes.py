@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from tunehouse.api import dashscope_names as names
 from tunehouse.api.bearer_auth import bearer_hit
 from tunehouse.api.context import AppContext, ctx_of, get_ctx
+from tunehouse.api.dashscope import names
 from tunehouse.api.envelopes import ds_error, request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo

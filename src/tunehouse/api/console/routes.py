@@ -30,8 +30,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
 from starlette.datastructures import UploadFile
 
-from tunehouse.api import console_views as views
-from tunehouse.api.console_auth import (
+from tunehouse.api.console import views
+from tunehouse.api.console.auth import (
     ConsoleSession,
     check_csrf,
     load_session,
@@ -58,8 +58,8 @@ router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-STATIC_DIR = (HERE / "console_static").resolve()
-templates = Jinja2Templates(directory=str(HERE / "console_templates"))
+STATIC_DIR = (HERE / "static").resolve()
+templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.filters.update(
     when=views.fmt_time,
     num=views.fmt_num,

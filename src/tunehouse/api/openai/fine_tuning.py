@@ -16,11 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, ctx_of, get_ctx
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.api.openai_common import (
+from tunehouse.api.openai import names
+from tunehouse.api.openai.common import (
     Caller,
     OpenAIError,
     OpenAIRoute,
@@ -29,8 +29,8 @@ from tunehouse.api.openai_common import (
     listing,
     openai_guarded,
 )
-from tunehouse.api.openai_common import openai_caller as caller_dep
-from tunehouse.api.openai_files import lookup as lookup_file
+from tunehouse.api.openai.common import openai_caller as caller_dep
+from tunehouse.api.openai.files import lookup as lookup_file
 from tunehouse.api.polling import PolledCall, quick_read, template_pattern
 from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc

@@ -19,8 +19,8 @@ from tunehouse.api.context import AppContext, get_ctx, run_page_url
 from tunehouse.api.envelopes import qianfan_v1_error
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.api.qianfan_auth import qianfan_account
-from tunehouse.api.qianfan_names import (
+from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.names import (
     PEFT_IN,
     PEFT_OUT,
     TRAIN_MODE_IN,

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from tunehouse.api import openai_names as names
 from tunehouse.api.context import AppContext, get_ctx
-from tunehouse.api.openai_common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
-from tunehouse.api.openai_common import openai_caller as caller_dep
+from tunehouse.api.openai import names
+from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, bad_cursor, limit_param, listing
+from tunehouse.api.openai.common import openai_caller as caller_dep
 from tunehouse.core import files as file_svc
 from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from tunehouse.api import bce_auth
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.edge import ORIGINAL_PATH
+from tunehouse.api.qianfan import signing
 from tunehouse.api.rate_limit import count_request
 from tunehouse.core import credential_cache
 
@@ -30,11 +30,11 @@ async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) 
     # routers see it with duplicate slashes collapsed. Either form is the same request.
     sent = str(request.scope.get(ORIGINAL_PATH) or request.url.path)
     try:
-        bce_auth.verify(request.method, sent, query, headers, find_secret)
-    except bce_auth.AuthFailure as e:
+        signing.verify(request.method, sent, query, headers, find_secret)
+    except signing.AuthFailure as e:
         if sent == request.url.path or e.code != "SignatureDoesNotMatch":
             raise
-        bce_auth.verify(request.method, request.url.path, query, headers, find_secret)
+        signing.verify(request.method, request.url.path, query, headers, find_secret)
     assert hit is not None  # verify() refuses an unknown access key
     count_request(request, hit.account_id)
     return hit.account_id

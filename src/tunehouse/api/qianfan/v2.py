@@ -20,8 +20,8 @@ from tunehouse.api.envelopes import qianfan_v2_error, request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.polling import PolledCall, quick_read, template_pattern
-from tunehouse.api.qianfan_auth import qianfan_account
-from tunehouse.api.qianfan_names import (
+from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.names import (
     HP_OUT,
     SCALE_IN,
     SCALE_OUT,

@@ -1,0 +1,1 @@
+"""The OpenAI dialect: /v1/files and /v1/fine_tuning, bearer API keys."""
