@@ -122,11 +122,6 @@ class Database:
         with self._read_sessions() as s:
             yield s
 
-    def idle_connections(self) -> int:
-        """Connections the pool holds open and unused (0 for pools that do not say)."""
-        checkedin = getattr(self.engine.pool, "checkedin", None)
-        return int(checkedin()) if callable(checkedin) else 0
-
     @contextmanager
     def read_connection(self) -> Iterator[Connection]:
         """A Core connection for the same reads, without a Session's bookkeeping (the polled status calls)."""
