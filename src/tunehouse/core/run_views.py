@@ -44,7 +44,7 @@ class RunView:
     job_base_model: str | None
     job_workspace: str | None
     output_model_name: str | None  # None also when the produced model row is gone
-    checkpoint_count: int
+    checkpoint_count: int | None  # None: not counted (view_of without count=True)
 
 
 _COUNT = select(func.count()).where(Checkpoint.run_id == Run.id).correlate(Run).scalar_subquery()
@@ -88,17 +88,18 @@ def find_run_view(conn: Connection | Session, account_id: int, key: str) -> RunV
     return RunView(*rows[0]) if rows else None
 
 
-def view_of(s: Session, run: Run) -> RunView:
-    """The view of a run already loaded in `s`, as it stands in the session (unflushed changes included)."""
+def view_of(s: Session, run: Run, count: bool = True) -> RunView:
+    """The view of a run already loaded in `s`, as it stands in the session (unflushed changes included);
+    `count=False` saves the checkpoint count's query where the rendering does not show it."""
     job = s.get_one(Job, run.job_id)
     model = s.get(Model, run.output_model_id) if run.output_model_id is not None else None
-    count = s.scalar(select(func.count()).where(Checkpoint.run_id == run.id)) or 0
+    n = (s.scalar(select(func.count()).where(Checkpoint.run_id == run.id)) or 0) if count else None
     return RunView(
         run.id, run.key, run.account_id, run.base_model, run.train_mode, run.parameter_scale,
         run.hyperparameters, run.dataset, run.extra, run.state, run.progress, run.metrics, run.error,
         run.output_model_id, run.created_at, run.finished_at,
         job.key, job.name, job.description, job.base_model, job.workspace,
-        model.name if model is not None else None, count,
+        model.name if model is not None else None, n,
     )  # fmt: skip
 
 

@@ -117,7 +117,7 @@ def _error(s: Session | Connection, run: RunView) -> dict[str, Any] | None:
 
 
 def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
-    return render_view(s, view_of(s, run), caller)
+    return render_view(s, view_of(s, run, count=False), caller)  # it shows no checkpoint count
 
 
 def render_view(s: Session | Connection, run: RunView, caller: Caller) -> dict[str, Any]:

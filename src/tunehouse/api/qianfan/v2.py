@@ -162,7 +162,7 @@ def render_task(s: Session | Connection, run: RunView, public_url: str) -> dict[
         out["metrics"] = _metrics(run.metrics)
     if status in ("Done", "Stopped"):
         # A stopped run saved a checkpoint on the way out; it is as usable as a finished run's.
-        steps = checkpoint_steps(s, run.id) if run.checkpoint_count else []
+        steps = checkpoint_steps(s, run.id) if run.checkpoint_count != 0 else []
         out["checkpointList"] = [checkpoint_item(step, _with_perplexity(m)) for step, m in steps]
     if status == "Failed" and run.error:
         out["errorMessage"] = run.error
@@ -292,7 +292,7 @@ def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, An
     marker = (strip_prefix(b.marker, TASK) or b.marker) if b.marker else ""
     page = marker_page(s, run_svc.runs_query(account, job.id), Run, marker, b.maxKeys, b.pageReverse)
     return {
-        "taskList": [render_task(s, view_of(s, r), ctx.settings.public_url) for r in page.items],
+        "taskList": [render_task(s, view_of(s, r, count=False), ctx.settings.public_url) for r in page.items],
         "pageInfo": _page_info(page, TASK),
     }
 
