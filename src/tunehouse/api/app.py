@@ -79,7 +79,14 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
             ctx.db.dispose()
 
     limits = load_limits()
-    app = FastAPI(title="Tunehouse", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks are unused here (/metrics is ours); off, they cost no per-request
+    # check of the global providers.
+    app = FastAPI(
+        title="Tunehouse",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
     app.state.ready = False
     app.state.limits = limits
     app.state.rate_limiter = limiter_for(limits)
