@@ -220,6 +220,7 @@ class Phase:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    load1: float  # the machine's 1-minute load average as the phase ended: how shared the cores were
 
     @property
     def achieved(self) -> float:
@@ -280,7 +281,8 @@ async def drive(server: Server, creds: Creds, call: str, jobs: int, args: argpar
     latencies.sort()
     ms = [v * 1000 for v in latencies]
     return Phase(call, jobs, args.rate, total, len(ms), errors, wall, cpu,
-                 percentile(ms, 0.50), percentile(ms, 0.99), ms[-1] if ms else float("nan"))  # fmt: skip
+                 percentile(ms, 0.50), percentile(ms, 0.99), ms[-1] if ms else float("nan"),
+                 os.getloadavg()[0])  # fmt: skip
 
 
 # ---- main ------------------------------------------------------------------------------------------
@@ -341,7 +343,8 @@ def main() -> None:
                     f"{phase.call:10} jobs={phase.jobs:>7} offered={phase.offered:>6.0f}/s "
                     f"ok={phase.ok:>6} err={phase.errors:>4} achieved={phase.achieved:>6.0f}/s "
                     f"p50={phase.p50_ms:>7.1f}ms p99={phase.p99_ms:>7.1f}ms max={phase.max_ms:>7.1f}ms "
-                    f"server_cpu={phase.server_cpu_s:>5.1f}s per_core={phase.per_core:>6.0f} req/s",
+                    f"server_cpu={phase.server_cpu_s:>5.1f}s per_core={phase.per_core:>6.0f} req/s "
+                    f"load1={phase.load1:.1f}",
                     file=sys.stderr,
                 )
     finally:

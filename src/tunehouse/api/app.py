@@ -26,6 +26,7 @@ from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, bui
 from tunehouse.api.openai import files as openai_files
 from tunehouse.api.openai import fine_tuning as openai_fine_tuning
 from tunehouse.api.openapi import build_openapi
+from tunehouse.api.polling import PollingLane
 from tunehouse.api.qianfan import errors as qianfan_errors
 from tunehouse.api.qianfan import v1 as qianfan_v1
 from tunehouse.api.qianfan import v2 as qianfan_v2
@@ -77,11 +78,20 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
             ctx.db.dispose()
 
     limits = load_limits()
-    app = FastAPI(title="Tunehouse", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks are unused here (/metrics is ours); off, they cost no per-request
+    # check of the global providers.
+    app = FastAPI(
+        title="Tunehouse",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
     app.state.ready = False
     app.state.limits = limits
     app.state.rate_limiter = limiter_for(limits)
-    app.add_middleware(RouteNoter)  # innermost: sees the route the router matched
+    # Innermost: the polled status calls, answered without the router (see api.polling).
+    app.add_middleware(PollingLane, calls=[qianfan_v2.POLLED, openai_fine_tuning.POLLED, dashscope.POLLED])
+    app.add_middleware(RouteNoter)  # sees the route the router (or the lane) matched
     app.add_middleware(StorageGuard, settings=settings)
     app.add_middleware(EdgeMiddleware, limits=limits)
     app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from tunehouse.contract.hyperparameters import ALL_LINEAR, METHODS, TINY_MODEL, TRAIN_MODES, Rule, rules
@@ -116,3 +117,9 @@ def capabilities(model: str) -> ModelCapabilities:
 
     modes = {mode: {method: params(mode, method) for method in METHODS} for mode in TRAIN_MODES}
     return ModelCapabilities(model=model, model_type="text2text", modes=modes)
+
+
+@lru_cache(maxsize=256)
+def default_of(model: str, train_mode: str, method: str, key: str) -> Any:
+    """One hyperparameter's default, remembered: renderings ask on every request, the rules never change."""
+    return next(p.default for p in capabilities(model).params_for(train_mode, method) if p.key == key)

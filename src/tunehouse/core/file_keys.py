@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from cachetools import LRUCache
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from tunehouse.store.models import File
@@ -15,7 +15,7 @@ _known: LRUCache[int, str] = LRUCache(maxsize=100_000)
 _lock = threading.Lock()
 
 
-def file_keys(s: Session, ids: list[int]) -> dict[int, str]:
+def file_keys(s: Session | Connection, ids: list[int]) -> dict[int, str]:
     """The key of each of these files that exists (deleted ones included: a job stays named by them)."""
     with _lock:
         found = {i: _known[i] for i in ids if i in _known}

@@ -101,6 +101,7 @@ class Database:
         if self.is_postgres:
             reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read_sessions = sessionmaker(reads, expire_on_commit=False)
+        self._reads = reads
 
     @property
     def is_postgres(self) -> bool:
@@ -120,6 +121,12 @@ class Database:
         """For requests that only read (the status calls clients poll): no transaction on PostgreSQL."""
         with self._read_sessions() as s:
             yield s
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A Core connection for the same reads, without a Session's bookkeeping (the polled status calls)."""
+        with self._reads.connect() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

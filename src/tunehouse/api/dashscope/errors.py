@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -105,6 +105,16 @@ def failure(exc: Exception) -> Response:
     return ds_error(500, "InternalError", "Internal server error!")
 
 
+async def ds_guarded(answer: Awaitable[Response]) -> Response:
+    """`answer` awaited, with any failure as its DashScope error (the routes' and the polling lane's)."""
+    try:
+        return await answer
+    except ClientDisconnect:
+        raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
+    except Exception as exc:
+        return failure(exc)
+
+
 class DashScopeRoute(APIRoute):
     """Every failure of these routes, request validation included, answers in DashScope's envelope."""
 
@@ -112,11 +122,6 @@ class DashScopeRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ClientDisconnect:
-                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception as exc:
-                return failure(exc)
+            return await ds_guarded(handler(request))
 
         return guarded

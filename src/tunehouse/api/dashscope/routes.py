@@ -14,20 +14,21 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy import Select, func, select
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.context import AppContext, ctx_of, get_ctx
 from tunehouse.api.dashscope import names
 from tunehouse.api.dashscope.auth import Caller, ds_caller
-from tunehouse.api.dashscope.errors import ApiError, DashScopeRoute, ds_error
+from tunehouse.api.dashscope.errors import ApiError, DashScopeRoute, ds_error, ds_guarded
 from tunehouse.api.dashscope.schemas import CreateFineTune, optional_str
 from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
+from tunehouse.api.polling import PolledCall, quick_read, template_pattern
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -40,8 +41,9 @@ from tunehouse.core.file_keys import file_keys
 from tunehouse.core.follow import RunFollower, Tick
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import resolve_model
+from tunehouse.core.run_views import RunView, find_run_view, view_of
 from tunehouse.core.states import TERMINAL, RunState
-from tunehouse.store.models import Event, File, Job, Model, Run
+from tunehouse.store.models import Event, File, Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,7 @@ def delete_file(
 # ---- fine-tunes: rendering -------------------------------------------------------------------------
 
 
-def _file_ids(s: Session, ids: list[int]) -> list[str]:
+def _file_ids(s: Session | Connection, ids: list[int]) -> list[str]:
     if not ids:
         return []
     keys = file_keys(s, ids)
@@ -248,7 +250,12 @@ def _file_ids(s: Session, ids: list[int]) -> list[str]:
 
 
 def render_job(s: Session, run: Run, caller: Caller, status: str | None = None) -> dict[str, Any]:
-    job = run_svc.job_of(s, run)
+    return render_view(s, view_of(s, run), caller, status)
+
+
+def render_view(
+    s: Session | Connection, run: RunView, caller: Caller, status: str | None = None
+) -> dict[str, Any]:
     ds = run.extra.get("dashscope") or {}
     status = status or names.status_of(run.state)
     jid = names.job_id(run.key, run.created_at)
@@ -260,25 +267,26 @@ def render_job(s: Session, run: Run, caller: Caller, status: str | None = None) 
         "job_id": jid,
         "job_name": ds.get("job_name") or jid,
         "status": status,
-        "model": job.base_model or run.base_model,
+        "model": run.job_base_model or run.base_model,
         "base_model": run.base_model,
         "training_file_ids": _file_ids(s, list(run.dataset.get("files", []))),
         "validation_file_ids": _file_ids(s, list(run.dataset.get("validation_files", []))),
         "hyper_parameters": hyper,
         "training_type": names.training_type_out(run.train_mode, run.parameter_scale),
         "create_time": names.ds_time(run.created_at),
-        "workspace_id": job.workspace or DEFAULT_WORKSPACE,
+        "workspace_id": run.job_workspace or DEFAULT_WORKSPACE,
         "user_identity": caller.account_name,
         "creator": caller.account_name,
         "modifier": caller.account_name,
         "group": "llm",
-        "output_cnt": run_svc.checkpoint_count(s, run),
+        "output_cnt": run.checkpoint_count,
     }
     if status in names.TERMINAL and run.finished_at is not None:
         out["end_time"] = names.ds_time(run.finished_at)
     if status == names.SUCCEEDED:
-        model = s.get(Model, run.output_model_id) if run.output_model_id is not None else None
-        out["finetuned_output"] = model.name if model is not None else run.output_name or ""
+        # The produced model's name; the planned one if that model is gone.
+        named = run.output_model_name
+        out["finetuned_output"] = named if named is not None else run.output_name or ""
     if status in (names.SUCCEEDED, names.CANCELED):
         out["usage"] = int(run.metrics.get("trained_tokens") or 0)
     if status == names.FAILED:
@@ -434,12 +442,41 @@ def list_fine_tunes(
     return _output({"page_no": page_no, "page_size": page_size, "total": total, "jobs": jobs})
 
 
-@router.get("/fine-tunes/{job_id}")
-def get_fine_tune(
-    job_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(ds_caller)
-) -> JSONResponse:
-    with ctx.db.read_session() as s:  # it writes nothing: no transaction
-        return _output(render_job(s, _run(s, caller, job_id), caller))
+GET = "/fine-tunes/{job_id}"
+
+
+@router.get(GET)
+async def get_fine_tune(job_id: str, request: Request) -> Response:
+    # Requests normally reach poll_fine_tune through the polling lane (api.polling); this route documents it.
+    return await poll_fine_tune(request, job_id)
+
+
+async def poll_fine_tune(request: Request, job_id: str) -> Response:
+    """The fine-tune as clients poll it: auth inline, the run read as one Core row."""
+    ctx = ctx_of(request)
+    caller = await ds_caller(request, ctx)
+    parsed = names.parse_job_id(job_id)
+    if parsed is None:
+        raise _not_found(job_id)
+    key, stamp = parsed
+
+    def read(conn: Connection) -> dict[str, Any]:
+        view = find_run_view(conn, caller.account_id, key)
+        if view is None or not names.stamp_matches(stamp, view.created_at):
+            raise _not_found(job_id)
+        if caller.workspace is not None and view.job_workspace != caller.workspace:
+            raise _not_found(job_id)
+        return render_view(conn, view, caller)
+
+    return _output(await quick_read(ctx, read))
+
+
+POLLED = PolledCall(
+    "GET",
+    router.prefix + GET,
+    template_pattern(router.prefix + GET),
+    lambda request, job_id: ds_guarded(poll_fine_tune(request, job_id)),
+)
 
 
 @router.post("/fine-tunes/{job_id}/cancel")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -114,6 +114,20 @@ def failure(exc: Exception) -> Response:
     return response
 
 
+async def openai_guarded(answer: Awaitable[Response]) -> Response:
+    """`answer` awaited, with any failure as its OpenAI error; either way with x-request-id (the routes'
+    and the polling lane's)."""
+    rid = request_id()
+    try:
+        response = await answer
+    except ClientDisconnect:
+        raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
+    except Exception as exc:
+        response = failure(exc)
+    response.headers["x-request-id"] = rid
+    return response
+
+
 class OpenAIRoute(APIRoute):
     """Every answer carries x-request-id; every failure, request validation included, is an OpenAI error."""
 
@@ -121,14 +135,6 @@ class OpenAIRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            rid = request_id()
-            try:
-                response = await handler(request)
-            except ClientDisconnect:
-                raise  # the edge logs it at debug: the caller is gone, nobody reads an answer
-            except Exception as exc:
-                response = failure(exc)
-            response.headers["x-request-id"] = rid
-            return response
+            return await openai_guarded(handler(request))
 
         return guarded

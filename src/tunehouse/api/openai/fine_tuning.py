@@ -11,19 +11,20 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.context import AppContext, ctx_of, get_ctx
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.openai import names
 from tunehouse.api.openai.auth import Caller
 from tunehouse.api.openai.auth import openai_caller as caller_dep
 from tunehouse.api.openai.common import bad_cursor, limit_param, listing
-from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
+from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute, openai_guarded
 from tunehouse.api.openai.files import lookup as lookup_file
 from tunehouse.api.openai.schemas import CreateFineTuningJob
+from tunehouse.api.polling import PolledCall, quick_read, template_pattern
 from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
@@ -32,6 +33,7 @@ from tunehouse.core.events import record_event
 from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import ResolvedModel, resolve_model, run_by_output_name
+from tunehouse.core.run_views import RunView, find_run_view, view_of
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Checkpoint, Event, File, Model, Run
 
@@ -44,19 +46,18 @@ JOBS_DEFAULT, EVENTS_DEFAULT, CHECKPOINTS_DEFAULT, PAGE_MAX = 20, 20, 10, 100
 # ---- rendering -------------------------------------------------------------------------------------
 
 
-def _openai_extra(run: Run) -> dict[str, Any]:
+def _openai_extra(run: Run | RunView) -> dict[str, Any]:
     return dict(run.extra.get("openai") or {})
 
 
-def _default_lr(run: Run) -> float:
+def _default_lr(run: Run | RunView) -> float:
     stored = _openai_extra(run).get("lr_base")
     if stored:
         return float(stored)
-    params = catalog.capabilities(run.base_model).params_for(run.train_mode, run.parameter_scale)
-    return float(next(p.default for p in params if p.key == "learning_rate"))
+    return float(catalog.default_of(run.base_model, run.train_mode, run.parameter_scale, "learning_rate"))
 
 
-def _file_keys(s: Session, ids: list[int]) -> list[str]:
+def _file_keys(s: Session | Connection, ids: list[int]) -> list[str]:
     if not ids:
         return []
     # Deleted files stay named: the job trained on them.
@@ -64,36 +65,43 @@ def _file_keys(s: Session, ids: list[int]) -> list[str]:
     return [names.file_id(keys[i]) for i in ids if i in keys]
 
 
-def _finished_at(s: Session, run: Run) -> int | None:
+_STATUS_EVENTS = (
+    select(Event.payload, Event.time)
+    .where(Event.run_id == bindparam("run"), Event.type == "status")
+    .order_by(Event.seq.desc())
+)
+_ERROR_EVENTS = (
+    select(Event.payload)
+    .where(Event.run_id == bindparam("run"), Event.type == "error")
+    .order_by(Event.seq.desc())
+)
+
+
+def _finished_at(s: Session | Connection, run: RunView) -> int | None:
     if run.finished_at is not None:
         return int(run.finished_at.timestamp())
     if run.state == RunState.STOPPING:
         # Shown as cancelled already: it ended for the caller when the cancel was accepted.
-        events = s.scalars(
-            select(Event).where(Event.run_id == run.id, Event.type == "status").order_by(Event.seq.desc())
-        )
-        for e in events:
-            if e.payload.get("state") == RunState.STOPPING:
-                return int(e.time.timestamp())
+        for payload, at in s.execute(_STATUS_EVENTS, {"run": run.id}):
+            if payload.get("state") == RunState.STOPPING:
+                return int(at.timestamp())
     return None
 
 
-def _trained_tokens(run: Run) -> int | None:
+def _trained_tokens(run: RunView) -> int | None:
     # The trainer reports the total with the finished model; null until then, as OpenAI has it.
     value = run.metrics.get("trained_tokens")
     return int(value) if value is not None else None
 
 
-def _error(s: Session, run: Run) -> dict[str, Any] | None:
+def _error(s: Session | Connection, run: RunView) -> dict[str, Any] | None:
     if run.state != RunState.FAILED:
         return None
     stored = _openai_extra(run).get("error")
     message = run.error or "The fine-tuning job failed."
     if stored:
         return {"code": stored["code"], "message": message, "param": stored.get("param")}
-    kinds = s.scalars(
-        select(Event.payload).where(Event.run_id == run.id, Event.type == "error").order_by(Event.seq.desc())
-    )
+    kinds = s.execute(_ERROR_EVENTS, {"run": run.id}).scalars()
     kind = next((p.get("kind") for p in kinds), None)
     if kind == "data":
         return {"code": "invalid_training_file", "message": message, "param": "training_file"}
@@ -101,8 +109,11 @@ def _error(s: Session, run: Run) -> dict[str, Any] | None:
 
 
 def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
+    return render_view(s, view_of(s, run, count=False), caller)  # it shows no checkpoint count
+
+
+def render_view(s: Session | Connection, run: RunView, caller: Caller) -> dict[str, Any]:
     extra = _openai_extra(run)
-    job = run_svc.job_of(s, run)
     status = names.status_of(run.state)
     method_type = names.METHOD_OF_MODE.get(run.train_mode)
     hyper = names.hyperparameters_out(run.hyperparameters, method_type or "supervised", _default_lr(run))
@@ -110,8 +121,7 @@ def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
     validation = _file_keys(s, list(run.dataset.get("validation_files", [])))
     fine_tuned = None
     if run.state == RunState.SUCCEEDED and run.output_model_id is not None:
-        out = s.get(Model, run.output_model_id)
-        fine_tuned = out.name if out is not None else None
+        fine_tuned = run.output_model_name
     finish = run_svc.estimated_finish(run)
     estimated = int(finish.timestamp()) if finish is not None else None
     method: dict[str, Any] | None = None
@@ -120,7 +130,7 @@ def render_job(s: Session, run: Run, caller: Caller) -> dict[str, Any]:
     return {
         "object": "fine_tuning.job",
         "id": names.job_id(run.key),
-        "model": extra.get("model") or job.base_model or run.base_model,
+        "model": extra.get("model") or run.job_base_model or run.base_model,
         "created_at": int(run.created_at.timestamp()),
         "finished_at": _finished_at(s, run),
         "fine_tuned_model": fine_tuned,
@@ -370,12 +380,38 @@ def list_jobs(
     return JSONResponse(listing(data, len(found) > limit))
 
 
-@router.get("/jobs/{job_id}")
-def retrieve_job(
-    job_id: str, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(caller_dep)
-) -> JSONResponse:
-    with ctx.db.read_session() as s:  # it writes nothing: no transaction
-        return JSONResponse(render_job(s, _run(s, caller, job_id), caller))
+RETRIEVE = "/jobs/{job_id}"
+
+
+@router.get(RETRIEVE)
+async def retrieve_job(job_id: str, request: Request) -> Response:
+    # Requests normally reach poll_job through the polling lane (api.polling); this route documents it.
+    return await poll_job(request, job_id)
+
+
+async def poll_job(request: Request, job_id: str) -> Response:
+    """The job as clients poll it: auth inline, the run read as one Core row."""
+    ctx = ctx_of(request)
+    caller = await caller_dep(request, ctx)
+    key = strip_prefix(job_id, names.JOB_PREFIX)
+    if key is None:
+        raise _not_found(job_id)
+
+    def read(conn: Connection) -> dict[str, Any]:
+        view = find_run_view(conn, caller.account_id, key)
+        if view is None:
+            raise _not_found(job_id)
+        return render_view(conn, view, caller)
+
+    return JSONResponse(await quick_read(ctx, read))
+
+
+POLLED = PolledCall(
+    "GET",
+    router.prefix + RETRIEVE,
+    template_pattern(router.prefix + RETRIEVE),
+    lambda request, job_id: openai_guarded(poll_job(request, job_id)),
+)
 
 
 @router.post("/jobs/{job_id}/cancel")

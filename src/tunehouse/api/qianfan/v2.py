@@ -8,16 +8,18 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from tunehouse.api.context import AppContext, get_ctx, run_page_url
+from tunehouse.api.context import AppContext, ctx_of, run_page_url
 from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
+from tunehouse.api.polling import PolledCall, quick_read, template_pattern
 from tunehouse.api.qianfan.auth import qianfan_account
 from tunehouse.api.qianfan.errors import qianfan_v2_error, v2_failure
 from tunehouse.api.qianfan.names import (
@@ -40,6 +42,7 @@ from tunehouse.core.errors import InvalidParameter, NotFound
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.pagination import Page, marker_page
 from tunehouse.core.registry import base_models
+from tunehouse.core.run_views import RunView, checkpoint_steps, find_run_view, view_of
 from tunehouse.core.states import RunState
 from tunehouse.store.models import Job, Run
 
@@ -136,14 +139,13 @@ def render_job(job: Job) -> dict[str, Any]:
     }
 
 
-def render_task(s: Session, run: Run, public_url: str) -> dict[str, Any]:
-    job = run_svc.job_of(s, run)
+def render_task(s: Session | Connection, run: RunView, public_url: str) -> dict[str, Any]:
     status = V2_STATUS[RunState(run.state)]
     out: dict[str, Any] = {
         "taskId": TASK + run.key,
-        "jobId": JOB + job.key,
-        "jobName": job.name,
-        "jobDescription": job.description,
+        "jobId": JOB + run.job_key,
+        "jobName": run.job_name,
+        "jobDescription": run.job_description,
         "model": run.base_model,
         "trainMode": TRAIN_MODE_OUT[run.train_mode],
         "parameterScale": SCALE_OUT[run.parameter_scale],
@@ -159,9 +161,8 @@ def render_task(s: Session, run: Run, public_url: str) -> dict[str, Any]:
         out["metrics"] = _metrics(run.metrics)
     if status in ("Done", "Stopped"):
         # A stopped run saved a checkpoint on the way out; it is as usable as a finished run's.
-        out["checkpointList"] = [
-            checkpoint_item(c.step, _with_perplexity(c.metrics)) for c in run_svc.checkpoints(s, run)
-        ]
+        steps = checkpoint_steps(s, run.id) if run.checkpoint_count != 0 else []
+        out["checkpointList"] = [checkpoint_item(step, _with_perplexity(m)) for step, m in steps]
     if status == "Failed" and run.error:
         out["errorMessage"] = run.error
     return out
@@ -275,8 +276,13 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
     return {"jobId": JOB + job.key, "taskId": TASK + run.key}
 
 
-def describe_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
-    return render_task(s, _run(s, account, TaskIdBody.model_validate(body).taskId), ctx.settings.public_url)
+def describe_task(conn: Connection, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    task_id = TaskIdBody.model_validate(body).taskId
+    key = strip_prefix(task_id, TASK)
+    view = find_run_view(conn, account, key) if key is not None else None
+    if view is None:
+        raise NotFound("task", task_id)  # in the caller's terms, whatever the reason
+    return render_task(conn, view, ctx.settings.public_url)
 
 
 def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
@@ -285,7 +291,7 @@ def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, An
     marker = (strip_prefix(b.marker, TASK) or b.marker) if b.marker else ""
     page = marker_page(s, run_svc.runs_query(account, job.id), Run, marker, b.maxKeys, b.pageReverse)
     return {
-        "taskList": [render_task(s, r, ctx.settings.public_url) for r in page.items],
+        "taskList": [render_task(s, view_of(s, r, count=False), ctx.settings.public_url) for r in page.items],
         "pageInfo": _page_info(page, TASK),
     }
 
@@ -345,24 +351,35 @@ ACTIONS: dict[str, Handler] = {
 }
 
 
-# The status call clients poll: it writes nothing, so it needs no transaction.
-READ_ONLY: frozenset[Handler] = frozenset({describe_task})
+# The status call clients poll: it writes nothing, so it reads on a plain connection, no transaction.
+READ_ONLY: frozenset[Callable[..., Any]] = frozenset({describe_task})
 
 
-def _call(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any], rid: str) -> JSONResponse:
+def _answer(rid: str, work: Callable[[], Any]) -> JSONResponse:
     try:
-        opened = ctx.db.read_session() if handler in READ_ONLY else ctx.db.session()
-        with opened as s:
-            result = handler(s, ctx, account, body)
+        result = work()
     except Exception as exc:
         return v2_failure(exc, rid)
     return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
 
 
-@router.post("/v2/finetuning")
-async def v2_finetuning(
-    request: Request, ctx: AppContext = Depends(get_ctx), account: int = Depends(qianfan_account)
-) -> JSONResponse:
+def _in_session(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any]) -> Any:
+    with ctx.db.session() as s:
+        return handler(s, ctx, account, body)
+
+
+PATH = "/v2/finetuning"
+
+
+@router.post(PATH)
+async def v2_finetuning(request: Request) -> JSONResponse:
+    # Requests normally reach v2_action through the polling lane (api.polling); this route documents it.
+    return await v2_action(request)
+
+
+async def v2_action(request: Request) -> JSONResponse:
+    ctx = ctx_of(request)
+    account = await qianfan_account(request, ctx)
     rid = request_id()
     action = request.query_params.get("Action", "")
     handler = ACTIONS.get(action)
@@ -371,7 +388,13 @@ async def v2_finetuning(
     body = await json_object(request, empty={})
     if body is None:
         return qianfan_v2_error(400, "MalformedJSON", "the body must be a JSON object", req_id=rid)
-    return await run_in_threadpool(_call, ctx, handler, account, body, rid)
+    if handler in READ_ONLY:
+        return await quick_read(ctx, lambda conn: _answer(rid, lambda: handler(conn, ctx, account, body)))
+    return await run_in_threadpool(_answer, rid, lambda: _in_session(ctx, handler, account, body))
+
+
+# Every action shares the one path: the lane takes them all, so the polled Describe… skips the router.
+POLLED = PolledCall("POST", PATH, template_pattern(PATH), v2_action)
 
 
 @router.api_route("/v2/finetuning", methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False)
