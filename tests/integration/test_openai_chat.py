@@ -183,3 +183,34 @@ def test_an_invalid_parameter_is_a_bad_request_naming_it(client: OpenAI) -> None
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=5)  # type: ignore[arg-type]
     assert exc.value.param == "temperature"
+
+
+def test_a_deleted_fine_tuned_model_is_gone_from_list_retrieve_and_chat(server: LiveServer) -> None:
+    own = make_client(server, server.keys("chat-deleter"))
+    f = own.files.create(file=("chat.jsonl", jsonl(CHAT_ROWS)), purpose="fine-tune")
+    fast = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 3}
+    job = own.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=f.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": fast}},  # type: ignore[typeddict-item]
+    )
+    done = wait_done(own, job.id, timeout=600)
+    assert done.status == "succeeded", done.error
+    name = done.fine_tuned_model
+    assert name is not None
+    deleted = own.models.delete(name)
+    assert deleted.id == name and deleted.deleted is True
+    assert name not in [m.id for m in own.models.list()]
+    for call in (
+        lambda: own.models.retrieve(name),
+        lambda: own.chat.completions.create(model=name, messages=QUESTION),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(openai.NotFoundError) as exc:
+            call()
+        assert exc.value.code == "model_not_found"
+
+
+def test_a_base_model_cannot_be_deleted(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.models.delete(MODEL)
+    assert client.models.retrieve(MODEL).id == MODEL

@@ -77,4 +77,3 @@ class RunSpec(BaseModel):
 
 def load_spec(path: Path) -> RunSpec:
     return RunSpec.model_validate_json(Path(path).read_text(encoding="utf-8"))
-

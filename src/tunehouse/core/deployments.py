@@ -70,7 +70,9 @@ class ServingTarget:
 
 def resolve_model_target(s: Session, account_id: int, name: str) -> ServingTarget | None:
     """A base model or one of the account's own fine-tuned models by name; None when neither exists."""
-    own = s.scalar(select(Model).where(Model.account_id == account_id, Model.name == name))
+    own = s.scalar(
+        select(Model).where(Model.account_id == account_id, Model.name == name, Model.deleted_at.is_(None))
+    )
     if own is not None:
         base = resolve_base(s, own.base_model or "")
         return ServingTarget(name, base.name, base.path, own.path, own.kind, model_id=own.id)

@@ -85,6 +85,8 @@ class Model(Base):
     # A base model without a chat template: "chatml" renders conversations as ChatML, "refuse" makes chat data
     # a data error.
     chat_template_fallback: Mapped[str] = mapped_column(String(16), default="chatml", server_default="chatml")
+    # A fine-tuned model its owner deleted: no longer listed, served or trained from; its name stays taken.
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class File(Base):

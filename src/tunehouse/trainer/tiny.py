@@ -32,6 +32,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+
 def _corpus_lines() -> list[str]:
     lines: list[str] = []
     for file in sorted(CORPUS_DIR.glob("*.txt")):

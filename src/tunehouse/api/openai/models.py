@@ -17,7 +17,7 @@ from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, openai
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import ServingTarget
 from tunehouse.core.errors import NotFound
-from tunehouse.core.registry import visible_models
+from tunehouse.core.registry import delete_output, visible_models
 from tunehouse.store.models import Checkpoint, Model, Run
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
@@ -110,20 +110,23 @@ def retrieve_model(
 async def delete_model(
     model: str, request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(openai_caller)
 ) -> JSONResponse:
-    """Deleting a model here undeploys it and frees its engine; its files and registry entry stay."""
+    """The caller's fine-tuned model: undeployed (its engine's memory freed), then gone from list, retrieve
+    and chat. Its run and files stay. Base models and checkpoints are not deleted this way."""
 
-    def find() -> tuple[ServingTarget, str | None]:
+    def delete() -> str | None:
         with ctx.db.session() as s:
             target = resolve_target(s, caller, model)
             if target.weights_kind == "base":
                 raise OpenAIError(400, f"The base model '{echo(model)}' cannot be deleted.", param="model")
+            if target.checkpoint_id is not None:
+                raise OpenAIError(400, "Checkpoints are deleted with their fine-tuning job.", param="model")
+            delete_output(s, caller.account_id, model)
             try:
-                dep = dep_svc.get_deployment(s, caller.account_id, model)
+                return dep_svc.get_deployment(s, caller.account_id, model).key
             except NotFound:
-                return target, None
-            return target, dep.key
+                return None
 
-    _, key = await run_in_threadpool(find)
+    key = await run_in_threadpool(delete)
     if key is not None:
         await request.app.state.supervisor.delete(key)
     return JSONResponse({"id": model, "object": "model", "deleted": True})

@@ -1,4 +1,4 @@
-"""deployments: models and checkpoints loaded by a serving engine
+"""deployments: models and checkpoints loaded by a serving engine; deleted fine-tuned models
 
 Revision ID: 0007
 Revises: 0006
@@ -45,9 +45,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_deployments_account_id", "deployments", ["account_id"])
     op.create_index("ix_deployments_status", "deployments", ["status"])
+    with op.batch_alter_table("models") as batch:
+        batch.add_column(sa.Column("deleted_at", WHEN, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("models") as batch:
+        batch.drop_column("deleted_at")
     op.drop_index("ix_deployments_status", "deployments")
     op.drop_index("ix_deployments_account_id", "deployments")
     op.drop_table("deployments")
