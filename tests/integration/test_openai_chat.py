@@ -214,3 +214,33 @@ def test_a_base_model_cannot_be_deleted(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         client.models.delete(MODEL)
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_cli_chat_streams_the_greedy_answer_and_deployments_list_shows_it_running(server: LiveServer) -> None:
+    keys = server.keys("chat-cli")
+    question = QUESTION[1]["content"]  # the CLI sends no system prompt
+    alone = make_client(server, keys).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": question}],
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    out = server.cli(
+        "chat",
+        MODEL,
+        "--url",
+        server.url,
+        "--api-key",
+        keys["api_key"],
+        "--message",
+        question,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        str(GREEDY["max_tokens"]),
+    )
+    assert out == (alone.choices[0].message.content or "") + "\n"
+    rows = json.loads(server.cli("deployments", "list", "--json"))
+    mine = [r for r in rows if r["account"] == "chat-cli"]
+    assert [(r["model"], r["status"], r["engine"], r["requests"]) for r in mine] == [
+        (MODEL, "RUNNING", "transformers", 2)
+    ]
