@@ -38,6 +38,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(runs_app, name="runs")
+deployments_app = typer.Typer(help="Deployed models and checkpoints.", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -441,3 +443,106 @@ def restore_home(
         err_console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     console.print(f"restored {manifest['home']} (backed up {manifest['created_at']}) into {settings.home}")
+
+
+@deployments_app.command("list")
+def deployments_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every account's deployments: model, engine, status, capacity and requests served."""
+    from sqlalchemy import select
+
+    from tunehouse.store.models import Account, Deployment
+
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        rows = [
+            {
+                "deployment": d.key,
+                "account": acc,
+                "endpoint": d.endpoint,
+                "model": d.model_name,
+                "base_model": d.base_model,
+                "engine": d.engine,
+                "status": d.status,
+                "capacity": d.capacity,
+                "requests": d.requests,
+                "error": d.error,
+            }
+            for d, acc in s.execute(
+                select(Deployment, Account.name).join(Account, Deployment.account_id == Account.id)
+            )
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("account", "model", "engine", "status", "capacity", "requests", "error")
+    for r in rows:
+        table.add_row(
+            *(
+                str(r[k] if r[k] is not None else "")
+                for k in ("account", "model", "engine", "status", "capacity", "requests", "error")
+            )
+        )
+    console.print(table)
+
+
+@app.command("chat")
+def chat(
+    model: Annotated[str, typer.Argument(help="A base model, fine-tuned model or checkpoint id.")],
+    api_key: Annotated[str, typer.Option(envvar="TUNEHOUSE_API_KEY", help="The account's API key (th-…).")],
+    url: Annotated[str, typer.Option(help="The server.")] = "http://127.0.0.1:8080",
+    message: Annotated[
+        str | None, typer.Option(help="Ask this once and exit; without it, read questions from stdin.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="0 answers greedily.")] = 0.7,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Chat with a model through the server, the answer streamed as it is generated."""
+    import httpx
+
+    history: list[dict[str, str]] = []
+
+    def ask(text: str) -> None:
+        history.append({"role": "user", "content": text})
+        body = {
+            "model": model,
+            "messages": history,
+            "stream": True,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        answer = []
+        with httpx.stream(
+            "POST",
+            url.rstrip("/") + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(30, read=900),
+        ) as r:
+            if r.status_code != 200:
+                r.read()
+                err_console.print(f"[red]error:[/red] {r.json().get('error', {}).get('message', r.text)}")
+                raise typer.Exit(1)
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    err_console.print(f"[red]error:[/red] {chunk['error'].get('message')}")
+                    raise typer.Exit(1)
+                for c in chunk.get("choices", []):
+                    piece = (c.get("delta") or {}).get("content") or ""
+                    answer.append(piece)
+                    typer.echo(piece, nl=False)
+        typer.echo("")
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+    if message is not None:
+        ask(message)
+        return
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return
+        if line.strip():
+            ask(line)

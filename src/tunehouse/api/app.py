@@ -23,8 +23,10 @@ from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
 from tunehouse.api.limits import echo, load_limits
 from tunehouse.api.metrics import MULTIPROC_ENV, RequestMetrics, RouteNoter, build_registry
+from tunehouse.api.openai import chat as openai_chat
 from tunehouse.api.openai import files as openai_files
 from tunehouse.api.openai import fine_tuning as openai_fine_tuning
+from tunehouse.api.openai import models as openai_models
 from tunehouse.api.openapi import build_openapi
 from tunehouse.api.polling import PollingLane
 from tunehouse.api.qianfan import errors as qianfan_errors
@@ -39,6 +41,7 @@ from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
 from tunehouse.executors.factory import build_executor
 from tunehouse.scheduler.scheduler import Scheduler
+from tunehouse.serving.supervisor import Supervisor
 from tunehouse.store.db import Database, lock_setup
 
 log = logging.getLogger(__name__)
@@ -69,10 +72,12 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         scheduler = Scheduler(ctx.db, settings, build_executor(settings)) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
+        app.state.supervisor = Supervisor(ctx.db, settings.home / "deployments")
         app.state.ready = True
         try:
             yield
         finally:
+            await app.state.supervisor.shutdown()  # engines hold memory: none outlives the server
             if scheduler is not None:
                 scheduler.shutdown()
             ctx.db.dispose()
@@ -99,6 +104,8 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(qianfan_v1.router)
     app.include_router(openai_files.router)
     app.include_router(openai_fine_tuning.router)
+    app.include_router(openai_models.router)
+    app.include_router(openai_chat.router)
     app.include_router(dashscope.router)
     app.include_router(console.router)
 

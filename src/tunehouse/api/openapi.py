@@ -158,6 +158,33 @@ DASHSCOPE_CREATE_JOB = _obj(
 )
 
 # (method, path) → what the route reads that FastAPI cannot see.
+OPENAI_CHAT: Schema = _obj(
+    {
+        "model": STR,
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": _obj(
+                {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {"oneOf": [STR, {"type": "array", "items": _obj({"type": STR, "text": STR})}]},
+                },
+                ["role"],
+            ),
+        },
+        "stream": {"type": "boolean"},
+        "stream_options": _obj({"include_usage": {"type": "boolean"}}),
+        "max_tokens": INT,
+        "max_completion_tokens": INT,
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": {"oneOf": [STR, STRS]},
+        "seed": INT,
+        "n": {"type": "integer", "minimum": 1, "maximum": 8},
+    },
+    ["model", "messages"],
+)
+
 _EXTRA: dict[tuple[str, str], Schema] = {
     ("post", "/v2/finetuning"): {
         "parameters": [_query("Action", {"type": "string", "enum": list(qianfan_v2.ACTIONS)}, required=True)],
@@ -211,6 +238,19 @@ _EXTRA: dict[tuple[str, str], Schema] = {
             },
             ["files"],
         )
+    },
+    ("post", "/v1/chat/completions"): {
+        "requestBody": _json(OPENAI_CHAT),
+        "responses": {
+            "200": {
+                "description": "A chat.completion, or with `stream: true` chat.completion.chunk events",
+                "content": {"application/json": {"schema": OBJ}, "text/event-stream": {"schema": STR}},
+            },
+            "503": {
+                "description": "The model is being undeployed; retry",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
+            },
+        },
     },
     ("get", "/api/v1/fine-tunes"): {"parameters": [*_PAGE, _query("model", STR)]},
     ("post", "/api/v1/fine-tunes"): {"requestBody": _json(DASHSCOPE_CREATE_JOB)},

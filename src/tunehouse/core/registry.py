@@ -78,7 +78,8 @@ def visible_models(s: Session, account_id: int | None) -> list[Model]:
         if account_id is None
         else or_(Model.account_id.is_(None), Model.account_id == account_id)
     )
-    return list(s.scalars(select(Model).where(cond).order_by(Model.account_id.is_not(None), Model.id)))
+    q = select(Model).where(cond, Model.deleted_at.is_(None))
+    return list(s.scalars(q.order_by(Model.account_id.is_not(None), Model.id)))
 
 
 def base_models(s: Session) -> list[Model]:
@@ -104,7 +105,9 @@ class ResolvedModel:
 
 def resolve_model(s: Session, account_id: int, name: str, field: str = "model") -> ResolvedModel:
     """A base model by name, or one of the account's own fine-tuned outputs (continued training)."""
-    own = s.scalar(select(Model).where(Model.account_id == account_id, Model.name == name))
+    own = s.scalar(
+        select(Model).where(Model.account_id == account_id, Model.name == name, Model.deleted_at.is_(None))
+    )
     if own is None:
         return ResolvedModel(name, resolve_base(s, name, field))
     return ResolvedModel(
@@ -178,4 +181,19 @@ def get_model(s: Session, account_id: int, model_id: int) -> Model:
     )
     if row is None:
         raise NotFound("model", model_id)
+    return row
+
+
+def delete_output(s: Session, account_id: int, name: str) -> Model:
+    """The owner deletes a fine-tuned model: it is no longer listed, served or trained from. Base models
+    are the operator's, not a tenant's to delete."""
+    row = s.scalar(
+        select(Model).where(Model.account_id == account_id, Model.name == name, Model.deleted_at.is_(None))
+    )
+    if row is None:
+        if s.scalar(select(Model.id).where(Model.account_id.is_(None), Model.name == name)) is not None:
+            raise InvalidParameter("model", f"{name} is a base model; only fine-tuned models can be deleted")
+        raise NotFound("model", name)
+    row.deleted_at = utcnow()
+    s.flush()
     return row

@@ -86,6 +86,8 @@ class Model(Base):
     # A base model without a chat template: "chatml" renders conversations as ChatML, "refuse" makes chat data
     # a data error.
     chat_template_fallback: Mapped[str] = mapped_column(String(16), default="chatml", server_default="chatml")
+    # A fine-tuned model its owner deleted: no longer listed, served or trained from; its name stays taken.
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class File(Base):
@@ -191,3 +193,30 @@ class Event(Base):
     time: Mapped[datetime] = mapped_column(UtcDateTime())
     type: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Deployment(Base):
+    """A model or checkpoint loaded by a serving engine for one account, called by its endpoint name."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("account_id", "endpoint", name="uq_deployments_account_endpoint"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(16), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # What was asked for, in the caller's terms (a model name or a checkpoint's model id).
+    model_name: Mapped[str] = mapped_column(String(160))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"), nullable=True)
+    base_model: Mapped[str] = mapped_column(String(128))
+    base_path: Mapped[str] = mapped_column(Text)
+    # Weights over the base: a PEFT adapter dir or full weights; None serves the base itself.
+    weights_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    weights_kind: Mapped[str] = mapped_column(String(16))  # "base" | "full" | "lora_adapter"
+    engine: Mapped[str] = mapped_column(String(16))
+    capacity: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    endpoint: Mapped[str] = mapped_column(String(160))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -1,0 +1,200 @@
+"""Deployments: a model or checkpoint loaded by a serving engine, owned by one account, called by name.
+
+Lifecycle: PENDING → DEPLOYING → RUNNING → (FAILED | STOPPED | DELETING → gone). A failed or stopped
+deployment may be deployed again; a running one whose engine died goes back to DEPLOYING while it restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunehouse.core.clock import utcnow
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.ids import new_key
+from tunehouse.core.registry import resolve_base
+from tunehouse.store.models import Checkpoint, Deployment, Model, Run
+
+ENGINES = ("transformers",)  # "vllm" joins when its engine lands
+MAX_CAPACITY = 64
+
+
+class DeploymentStatus(StrEnum):
+    PENDING = "PENDING"
+    DEPLOYING = "DEPLOYING"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    DELETING = "DELETING"
+
+
+S = DeploymentStatus
+_ALLOWED: dict[S, frozenset[S]] = {
+    S.PENDING: frozenset({S.DEPLOYING, S.FAILED, S.STOPPED, S.DELETING}),
+    S.DEPLOYING: frozenset({S.RUNNING, S.FAILED, S.STOPPED, S.DELETING}),
+    # RUNNING → DEPLOYING: its engine died and is being restarted.
+    S.RUNNING: frozenset({S.DEPLOYING, S.FAILED, S.STOPPED, S.DELETING}),
+    S.FAILED: frozenset({S.DEPLOYING, S.DELETING}),
+    S.STOPPED: frozenset({S.DEPLOYING, S.DELETING}),
+    S.DELETING: frozenset(),  # only forgetting the row follows
+}
+# Statuses in which an engine is (or is about to be) holding memory for the deployment.
+LIVE = frozenset({S.PENDING, S.DEPLOYING, S.RUNNING})
+
+
+def can_move(current: str, target: DeploymentStatus) -> bool:
+    return target in _ALLOWED[DeploymentStatus(current)]
+
+
+def check_move(current: str, target: DeploymentStatus) -> DeploymentStatus:
+    if not can_move(current, target):
+        raise Conflict(f"deployment is {current}; it cannot become {target}")
+    return target
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    """What an engine loads: a base model's directory, and optionally weights over it."""
+
+    model_name: str
+    base_model: str
+    base_path: str
+    weights_path: str | None
+    weights_kind: str  # "base" | "full" | "lora_adapter"
+    model_id: int | None = None
+    checkpoint_id: int | None = None
+
+
+def resolve_model_target(s: Session, account_id: int, name: str) -> ServingTarget | None:
+    """A base model or one of the account's own fine-tuned models by name; None when neither exists."""
+    own = s.scalar(
+        select(Model).where(Model.account_id == account_id, Model.name == name, Model.deleted_at.is_(None))
+    )
+    if own is not None:
+        base = resolve_base(s, own.base_model or "")
+        return ServingTarget(name, base.name, base.path, own.path, own.kind, model_id=own.id)
+    base_row = s.scalar(select(Model).where(Model.account_id.is_(None), Model.name == name))
+    if base_row is None:
+        return None
+    return ServingTarget(name, base_row.name, base_row.path, None, "base", model_id=base_row.id)
+
+
+def resolve_checkpoint_target(
+    s: Session, account_id: int, name: str, output_name: str, step: int
+) -> ServingTarget | None:
+    """Step `step` of the account's run that produces (or produced) `output_name`; None when there is none."""
+    runs = s.scalars(select(Run).where(Run.account_id == account_id, Run.deleted_at.is_(None)))
+    for run in runs:
+        if run.extra.get("output_name") != output_name:
+            continue
+        ckpt = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step))
+        if ckpt is None:
+            return None
+        base = resolve_base(s, run.base_model)
+        kind = "lora_adapter" if run.parameter_scale == "lora" else "full"
+        return ServingTarget(name, base.name, base.path, ckpt.path, kind, checkpoint_id=ckpt.id)
+    return None
+
+
+def create_deployment(
+    s: Session,
+    account_id: int,
+    target: ServingTarget,
+    endpoint: str,
+    engine: str = "transformers",
+    capacity: int = 1,
+) -> Deployment:
+    if engine not in ENGINES:
+        raise InvalidParameter("engine", f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    check_capacity(capacity)
+    if s.scalar(
+        select(Deployment.id).where(Deployment.account_id == account_id, Deployment.endpoint == endpoint)
+    ):
+        raise Conflict(f"Model instance {endpoint} already exists, please specify a suffix")
+    now = utcnow()
+    dep = Deployment(
+        key=new_key(),
+        account_id=account_id,
+        model_name=target.model_name,
+        model_id=target.model_id,
+        checkpoint_id=target.checkpoint_id,
+        base_model=target.base_model,
+        base_path=target.base_path,
+        weights_path=target.weights_path,
+        weights_kind=target.weights_kind,
+        engine=engine,
+        capacity=capacity,
+        status=S.PENDING,
+        endpoint=endpoint,
+        requests=0,
+        created_at=now,
+        updated_at=now,
+    )
+    s.add(dep)
+    s.flush()
+    return dep
+
+
+def check_capacity(capacity: object) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise InvalidParameter(
+            "capacity", f"Invalid capacity ({capacity}): an integer from 1 to {MAX_CAPACITY}"
+        )
+    return capacity
+
+
+def get_deployment(s: Session, account_id: int, endpoint: str) -> Deployment:
+    """The account's own deployment by endpoint name; another account's is not found."""
+    dep = s.scalar(
+        select(Deployment).where(Deployment.account_id == account_id, Deployment.endpoint == endpoint)
+    )
+    if dep is None:
+        raise NotFound("deployment", endpoint)
+    return dep
+
+
+def deployment_by_key(s: Session, key: str) -> Deployment | None:
+    return s.scalar(select(Deployment).where(Deployment.key == key))
+
+
+def list_deployments(s: Session, account_id: int) -> list[Deployment]:
+    return list(
+        s.scalars(select(Deployment).where(Deployment.account_id == account_id).order_by(Deployment.id))
+    )
+
+
+def move(s: Session, dep: Deployment, target: DeploymentStatus, error: str | None = None) -> None:
+    dep.status = check_move(dep.status, target)
+    dep.updated_at = utcnow()
+    if target == S.FAILED:
+        dep.error = error or "the engine failed"
+    elif target in (S.DEPLOYING, S.RUNNING):
+        dep.error = None
+
+
+def request_delete(s: Session, dep: Deployment) -> None:
+    """Mark it DELETING (idempotent); the supervisor frees its engine, then `forget` removes the record."""
+    if dep.status != S.DELETING:
+        move(s, dep, S.DELETING)
+
+
+def forget(s: Session, dep: Deployment) -> None:
+    if dep.status != S.DELETING:
+        raise Conflict(f"deployment is {dep.status}; only a DELETING one is removed")
+    s.delete(dep)
+    s.flush()
+
+
+def deployment_for_model(s: Session, account_id: int, target: ServingTarget) -> Deployment:
+    """The deployment named after the model (OpenAI has no deploy step: one is made on first use)."""
+    dep = s.scalar(
+        select(Deployment).where(
+            Deployment.account_id == account_id, Deployment.endpoint == target.model_name
+        )
+    )
+    if dep is None:
+        dep = create_deployment(s, account_id, target, endpoint=target.model_name)
+    return dep

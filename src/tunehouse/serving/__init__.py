@@ -1,0 +1,1 @@
+"""Serving: engines that load deployed models, and the supervisor that runs them for the server."""

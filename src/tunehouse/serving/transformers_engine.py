@@ -1,0 +1,149 @@
+"""The transformers + PEFT engine, from the server's side: a worker process reached on a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tunehouse.serving.engine import (
+    ChoiceEnd,
+    Delta,
+    EngineError,
+    GenerationEvent,
+    GenerationParams,
+    LoadSpec,
+    Usage,
+)
+
+WORKER_MODULE = "tunehouse.serving.worker"
+# A loaded base model on a busy CPU can take a while; the caller's first request waits for it.
+START_TIMEOUT_S = float(os.environ.get("TUNEHOUSE_ENGINE_START_TIMEOUT_S", "600"))
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.socket_path: str | None = None
+        self.log_path: Path | None = None
+        self._reason: str | None = None
+
+    async def start(self, spec: LoadSpec, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths are short (108 bytes): keep it in a short directory of its own.
+        sock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"th-{os.getuid()}"
+        sock_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_path = str(sock_dir / f"{spec.deployment}-{os.getpid()}.sock")
+        spec_path = workdir / "engine.json"
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "socket": self.socket_path,
+                    "base_model": spec.base_model,
+                    "base_path": spec.base_path,
+                    "weights_path": spec.weights_path,
+                    "weights_kind": spec.weights_kind,
+                    "threads": int(os.environ.get("TUNEHOUSE_ENGINE_THREADS", "1")),
+                }
+            ),
+            encoding="utf-8",
+        )
+        self.log_path = workdir / "engine.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the worker process owns it
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                WORKER_MODULE,
+                str(spec_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        except TimeoutError:
+            await self.stop()
+            raise EngineError(f"the engine did not load the model within {START_TIMEOUT_S:.0f} s") from None
+        if line.strip() != b"ready":
+            code = await self.proc.wait()
+            raise EngineError(self._describe_exit(code))
+
+    def _describe_exit(self, code: int | None) -> str:
+        tail = ""
+        if self.log_path is not None and self.log_path.exists():
+            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            tail = lines[-1] if lines else ""
+        reason = f"the engine process exited with code {code}"
+        return f"{reason}: {tail}" if tail else reason
+
+    async def generate(
+        self, messages: list[dict[str, Any]], params: GenerationParams
+    ) -> AsyncIterator[GenerationEvent]:
+        if self.socket_path is None or self.exit_reason() is not None:
+            raise EngineError(self.exit_reason() or "the engine is not started")
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=2**24)
+        except OSError as exc:
+            raise EngineError(f"the engine is unreachable: {exc}") from exc
+        try:
+            writer.write((json.dumps({"messages": messages, "params": params.to_json()}) + "\n").encode())
+            await writer.drain()
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise EngineError(self.exit_reason() or "the engine closed the connection mid-answer")
+                msg = json.loads(line)
+                kind = msg.get("type")
+                if kind == "delta":
+                    yield Delta(int(msg["index"]), str(msg["text"]))
+                elif kind == "choice_end":
+                    yield ChoiceEnd(
+                        int(msg["index"]), str(msg["finish_reason"]), int(msg["completion_tokens"])
+                    )
+                elif kind == "usage":
+                    yield Usage(int(msg["prompt_tokens"]), int(msg["completion_tokens"]))
+                    return
+                elif kind == "error":
+                    raise EngineError(str(msg.get("message")))
+        finally:
+            writer.close()
+
+    async def wait_exit(self) -> str:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._reason is None:
+            self._reason = self._describe_exit(code)
+        return self._reason
+
+    def exit_reason(self) -> str | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is not None and self._reason is None:
+            self._reason = self._describe_exit(self.proc.returncode)
+        return self._reason
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            self._reason = "stopped"
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if self.socket_path and os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
