@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
 from tunehouse.core.ids import new_key
-from tunehouse.core.registry import resolve_base
-from tunehouse.store.models import Checkpoint, Deployment, Model, Run
+from tunehouse.core.registry import resolve_base, run_by_output_name
+from tunehouse.store.models import Checkpoint, Deployment, Model
 
 ENGINES = ("transformers",)  # "vllm" joins when its engine lands
 MAX_CAPACITY = 64
@@ -86,17 +86,15 @@ def resolve_checkpoint_target(
     s: Session, account_id: int, name: str, output_name: str, step: int
 ) -> ServingTarget | None:
     """Step `step` of the account's run that produces (or produced) `output_name`; None when there is none."""
-    runs = s.scalars(select(Run).where(Run.account_id == account_id, Run.deleted_at.is_(None)))
-    for run in runs:
-        if run.extra.get("output_name") != output_name:
-            continue
-        ckpt = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step))
-        if ckpt is None:
-            return None
-        base = resolve_base(s, run.base_model)
-        kind = "lora_adapter" if run.parameter_scale == "lora" else "full"
-        return ServingTarget(name, base.name, base.path, ckpt.path, kind, checkpoint_id=ckpt.id)
-    return None
+    run = run_by_output_name(s, account_id, output_name)
+    if run is None:
+        return None
+    ckpt = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == step))
+    if ckpt is None:
+        return None
+    base = resolve_base(s, run.base_model)
+    kind = "lora_adapter" if run.parameter_scale == "lora" else "full"
+    return ServingTarget(name, base.name, base.path, ckpt.path, kind, checkpoint_id=ckpt.id)
 
 
 def create_deployment(

@@ -73,7 +73,7 @@ def _checkpoints(s: Session, caller: Caller) -> list[dict[str, Any]]:
     )
     out = []
     for run, ckpt in rows:
-        name = run.extra.get("output_name")
+        name = run.output_name
         if name:
             out.append(
                 _render(
