@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
-from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, openai_caller
+from tunehouse.api.openai.auth import Caller, openai_caller
+from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.api.openai.models import resolve_target
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import DeploymentStatus

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import echo
 from tunehouse.api.openai import names
-from tunehouse.api.openai.common import Caller, OpenAIError, OpenAIRoute, openai_caller
+from tunehouse.api.openai.auth import Caller, openai_caller
+from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import ServingTarget
 from tunehouse.core.errors import NotFound
