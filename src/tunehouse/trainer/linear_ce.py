@@ -79,14 +79,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk_rows):
             hc, tc = h[start : start + chunk_rows], targets[start : start + chunk_rows]
             logits = _chunk_logits(hc, weight, bias)
-            lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, tc[:, None]).squeeze(1)
-            loss += (lse - picked).sum()
             correct += (logits.argmax(-1) == tc).sum()
+            # The softmax in place over the chunk's logits, its log-normaliser on the way: no
+            # chunk-sized temporary, as logsumexp followed by a second exp would make.
+            top = logits.amax(-1, keepdim=True)
+            total = logits.sub_(top).exp_().sum(-1, keepdim=True)
+            lse = (top + total.log()).squeeze(1)
+            loss += (lse - picked).sum()
             if not (want_h or want_w or want_b):
                 continue
-            # d(lse - picked)/d logits = softmax - onehot, computed in place over the chunk's logits.
-            grad = logits.sub_(lse[:, None]).exp_()
+            # d(lse - picked)/d logits = softmax - onehot.
+            grad = logits.div_(total)
             grad[torch.arange(len(tc), device=h.device), tc] -= 1
             if grad_b is not None:
                 grad_b += grad.sum(0)
