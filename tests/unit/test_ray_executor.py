@@ -125,6 +125,12 @@ def test_a_runs_resources_come_from_its_own_field_or_qianfans_resource_config() 
     assert run_resources(qianfan) == Resources(gpus=8, memory_mb=100)  # type: ignore[arg-type]
 
 
+def test_a_run_of_the_default_one_gpu_leaves_gpu_or_cpu_to_the_executor_and_several_are_asked_for() -> None:
+    # Every run stores the contract's gpus (default 1); one must still place on a CPU-only cluster.
+    assert run_resources(_run({"gpus": 1})) == Resources()  # type: ignore[arg-type]
+    assert run_resources(_run({"gpus": 4})) == Resources(gpus=4)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("bad", [-1, True, "4", [1]])
 def test_a_resource_count_that_is_not_a_non_negative_number_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="gpus"):

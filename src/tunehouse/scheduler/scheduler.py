@@ -484,8 +484,11 @@ def run_resources(run: Run) -> Resources:
     def pick(*values: Any) -> Any:
         return next((v for v in values if v is not None), None)
 
-    # The contract's own field (RunSpec.gpus, kept in extra) first; runs from before it read the others.
-    gpus = pick(run.extra.get("gpus"), given.get("gpus"), qianfan.get("gpus"))
+    # The contract's own field (RunSpec.gpus, kept in extra) when it asks for several; its default of one is
+    # "one device", which leaves the executor to choose a GPU or, on a cluster without any, the CPU.
+    asked = run.extra.get("gpus")
+    several = asked if isinstance(asked, int) and asked > 1 else None
+    gpus = pick(several, given.get("gpus"), qianfan.get("gpus"))
     cpus = pick(given.get("cpus"), qianfan.get("cpus"))
     memory = pick(given.get("memory_mb"), qianfan.get("memoryMB"))
     return Resources(
