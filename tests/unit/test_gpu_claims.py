@@ -16,7 +16,7 @@ from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.files import upload_file
 from tunehouse.core.jobs import create_job
 from tunehouse.core.registry import add_base_model
-from tunehouse.core.runs import DatasetChoice, create_run
+from tunehouse.core.runs import MIN_EXAMPLES, DatasetChoice, create_run
 from tunehouse.core.states import RunState
 from tunehouse.executors.local import LocalExecutor, rank_failure, trainer_command
 from tunehouse.scheduler.scheduler import Scheduler
@@ -37,7 +37,7 @@ def queue(db: Database, home: Path, *asks: int) -> list[int]:
     with db.session() as s:
         add_base_model(s, "acme-base", model_dir)
         account = get_or_create_account(s, "gpu-tests")
-        data = (json.dumps(CHAT_ROW) + "\n").encode() * 2
+        data = (json.dumps(CHAT_ROW) + "\n").encode() * MIN_EXAMPLES  # the fewest a run trains on
         file = upload_file(s, settings(home).files_dir, account.id, "t.jsonl", data, "fine-tune")
         job = create_job(s, account.id, "gpus", model="acme-base", train_mode="sft")
         runs = [create_run(s, job, "lora", {}, [DatasetChoice(file)], gpus=n) for n in asks]
