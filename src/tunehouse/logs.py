@@ -33,6 +33,12 @@ class JsonFormatter(logging.Formatter):
 def configure_logging() -> None:
     """Root handler for the process (uvicorn's loggers included: pass `log_config=None` to it)."""
     level = os.environ.get("TUNEHOUSE_LOG_LEVEL", "INFO").upper()
+    # None of these is in a line we write; not gathering them saves work on every record (the access log
+    # writes one per request). These are the switches the logging documentation's "Optimization" names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     if os.environ.get("TUNEHOUSE_LOG_FORMAT", "json").lower() == "text":
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -19,7 +19,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SETUP_LOCK = 7_201_101
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, autocommit: bool = False) -> Engine:
+    """`autocommit` (PostgreSQL): every connection of the pool stays in autocommit, for reads only."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -37,7 +38,14 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    if autocommit:
+        # Set once per connection at connect, not per checkout as an engine's execution_options would (that
+        # switch and the rollback on return cost more than the polled calls' query itself).
+        engine = create_engine(
+            url, pool_size=10, max_overflow=20, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+        )
+    else:
+        engine = create_engine(url, pool_size=10, max_overflow=20)
     _ping_when_idle(engine)
     return engine
 
@@ -99,7 +107,8 @@ class Database:
         # loses nothing in autocommit, and saves the BEGIN and COMMIT round trips.
         reads = self.engine
         if self.is_postgres:
-            reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            reads = make_engine(url, autocommit=True)
+            refuse_nul_text(reads)
         self._read_sessions = sessionmaker(reads, expire_on_commit=False)
         self._reads = reads
 
@@ -130,3 +139,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._reads is not self.engine:
+            self._reads.dispose()
