@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -27,6 +29,19 @@ def _denied(message: str) -> AuthFailure:
     return AuthFailure(401, "AccessDenied", message, f"AccessDenied, cause: {message}")
 
 
+_STAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
+
+
+def bce_time(stamp: str) -> datetime:
+    """A BCE timestamp (YYYY-MM-DDTHH:MM:SSZ) as an aware datetime; ValueError when malformed. Not strptime:
+    it cost a visible share of each signed poll."""
+    m = _STAMP.fullmatch(stamp)
+    if m is None:
+        raise ValueError(stamp)
+    return datetime(*(int(g) for g in m.groups()), tzinfo=UTC)  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=4096)  # the same header values and names come on every request of a client
 def enc(value: str) -> str:
     """Percent-encode every byte but A-Z a-z 0-9 - _ . ~ (uppercase hex)."""
     return quote(value, safe="-_.~")
@@ -72,7 +87,7 @@ def verify(
         )
     _, ak, stamp, expiration, signed_list, signature = parts
     try:
-        signed_at = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        signed_at = bce_time(stamp)
         lifetime = int(expiration)
     except ValueError:
         raise _denied("the Authorization timestamp or expiration is malformed") from None
@@ -81,7 +96,7 @@ def verify(
     if not date:
         raise _denied("the x-bce-date header is missing")
     try:
-        datetime.strptime(date, "%Y-%m-%dT%H:%M:%SZ")
+        bce_time(date)
     except ValueError:
         raise _denied("the x-bce-date header is not YYYY-MM-DDTHH:MM:SSZ") from None
     signed = [h.strip().lower() for h in signed_list.split(";") if h.strip()]
