@@ -10,9 +10,11 @@ one account), starts a real `tunehouse serve --no-scheduler` on loopback, and dr
   dashscope  GET  /api/v1/fine-tunes/{id}
 
 Latency is measured from each request's scheduled send time (so a stalled server cannot hide queueing) to
-its last byte. "per core" divides the completed requests by the CPU seconds the server processes (all
-workers) spent in that phase. It measures first with --small jobs, then seeds up to --jobs and measures
-again, to show whether the cost depends on the number of jobs. Prints a table and one JSON line.
+its last byte. First, the same client drives bench/bare_asgi.py under the same uvicorn settings ("bare":
+no framework, database or auth), which gives this machine's ceiling in requests per CPU-second for the
+stack; --no-reference skips it. "per core" divides the completed requests by the CPU seconds the server
+processes (all workers) spent in that phase. It measures first with --small jobs, then seeds up to --jobs
+and measures again, to show whether the cost depends on the number of jobs. Prints a table and one JSON line.
 
   .venv/bin/python bench/api_latency.py                      # 1k then 100k jobs, 400 req/s, 10 s each
   .venv/bin/python bench/api_latency.py --rate 800 --workers 2 --duration 5
@@ -157,7 +159,18 @@ def tunehouse(env: dict[str, str], *args: str) -> str:
 
 def start_server(env: dict[str, str], port: int, serve_args: list[str], log: Path) -> Server:
     cmd = [sys.executable, "-m", "tunehouse", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += serve_args
+    return _started(cmd + serve_args, env, port, log)
+
+
+def start_reference(env: dict[str, str], port: int, log: Path) -> Server:
+    """bench/bare_asgi.py under the same uvicorn settings as `tunehouse serve`."""
+    cmd = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--app-dir", str(ROOT / "bench"),
+           "--host", "127.0.0.1", "--port", str(port),
+           "--http", "httptools", "--loop", "uvloop", "--no-access-log"]  # fmt: skip
+    return _started(cmd, env, port, log)
+
+
+def _started(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Server:
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -204,6 +217,8 @@ def request_for(
         return qianfan_request(creds, host, key)
     if call == "openai":
         return "GET", f"/v1/fine_tuning/jobs/ftjob-{key}", bearer, b""
+    if call == "bare":
+        return "GET", f"/v1/fine_tuning/jobs/ftjob-{key}", {}, b""
     return "GET", f"/api/v1/fine-tunes/ft-{created:%Y%m%d%H%M}-{key}", bearer, b""
 
 
@@ -288,6 +303,17 @@ async def drive(server: Server, creds: Creds, call: str, jobs: int, args: argpar
 # ---- main ------------------------------------------------------------------------------------------
 
 
+def report(phase: Phase) -> None:
+    print(
+        f"{phase.call:10} jobs={phase.jobs:>7} offered={phase.offered:>6.0f}/s "
+        f"ok={phase.ok:>6} err={phase.errors:>4} achieved={phase.achieved:>6.0f}/s "
+        f"p50={phase.p50_ms:>7.1f}ms p99={phase.p99_ms:>7.1f}ms max={phase.max_ms:>7.1f}ms "
+        f"server_cpu={phase.server_cpu_s:>5.1f}s per_core={phase.per_core:>6.0f} req/s "
+        f"load1={phase.load1:.1f}",
+        file=sys.stderr,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=100_000, help="jobs in the database for the large phase")
@@ -302,6 +328,9 @@ def main() -> None:
         "--with-scheduler", action="store_true", help="run the scheduler in the server (default: API only)"
     )
     p.add_argument("--calls", default=",".join(CALLS), help="which calls, comma-separated")
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip the bare-uvicorn reference (bench/bare_asgi.py)"
+    )
     p.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--keep", action="store_true", help="keep the database and home (printed) afterwards")
     args = p.parse_args()
@@ -327,6 +356,15 @@ def main() -> None:
         account_id, file_id = seed_account(dsn)
         serve_args = ["--workers", str(args.workers)] if args.workers > 1 else []
         serve_args += [] if args.with_scheduler else ["--no-scheduler"]
+        if not args.no_reference:
+            reference = start_reference(env, free_port(), home / "reference.log")
+            try:
+                phase = asyncio.run(drive(reference, creds, "bare", 1, args))
+            finally:
+                reference.proc.kill()
+                reference.proc.wait()
+            results.append(phase)
+            report(phase)
         sizes = [n for n in (args.small, args.jobs) if n > 0]
         seeded = 0
         for n in sizes:
@@ -339,14 +377,7 @@ def main() -> None:
             for call in calls:
                 phase = asyncio.run(drive(server, creds, call, n, args))
                 results.append(phase)
-                print(
-                    f"{phase.call:10} jobs={phase.jobs:>7} offered={phase.offered:>6.0f}/s "
-                    f"ok={phase.ok:>6} err={phase.errors:>4} achieved={phase.achieved:>6.0f}/s "
-                    f"p50={phase.p50_ms:>7.1f}ms p99={phase.p99_ms:>7.1f}ms max={phase.max_ms:>7.1f}ms "
-                    f"server_cpu={phase.server_cpu_s:>5.1f}s per_core={phase.per_core:>6.0f} req/s "
-                    f"load1={phase.load1:.1f}",
-                    file=sys.stderr,
-                )
+                report(phase)
     finally:
         if server is not None:
             server.proc.terminate()
