@@ -10,7 +10,7 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,7 +25,10 @@ from tunehouse.core.catalog import TINY_MODEL
 from tunehouse.core.errors import DomainError
 from tunehouse.core.registry import add_base_model, all_models
 from tunehouse.logs import configure_logging
-from tunehouse.store.models import Credential
+from tunehouse.store.models import Credential, Deployment
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(
     help="Tunehouse: self-hosted LLM fine-tuning with cloud-compatible APIs.", no_args_is_help=True
@@ -248,26 +251,59 @@ def accounts_limit(
         int | None,
         typer.Option(min=1, help="Runs the account may have queued or training at once."),
     ] = None,
-    no_limit: Annotated[bool, typer.Option("--no-limit", help="Lift the limit.")] = False,
+    no_limit: Annotated[bool, typer.Option("--no-limit", help="Lift the run limit.")] = False,
+    max_deployments: Annotated[
+        int | None,
+        typer.Option(min=1, help="Deployments the account may hold at once (delete one to make room)."),
+    ] = None,
+    no_deployment_limit: Annotated[
+        bool, typer.Option("--no-deployment-limit", help="Lift the deployment limit.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Limit how many runs ACCOUNT may have queued or running at once; more are refused until one ends."""
-    if (max_active_runs is None) == (not no_limit):
-        err_console.print("[red]error:[/red] give exactly one of --max-active-runs N and --no-limit")
+    """Limit how many runs ACCOUNT may have queued or running, or how many deployments it may hold, at once;
+    more are refused until one ends."""
+    runs_given = max_active_runs is not None or no_limit
+    deps_given = max_deployments is not None or no_deployment_limit
+    runs_rule = "exactly one of --max-active-runs N and --no-limit"
+    deps_rule = "exactly one of --max-deployments N and --no-deployment-limit"
+    wrong = None
+    if max_active_runs is not None and no_limit:
+        wrong = runs_rule
+    elif max_deployments is not None and no_deployment_limit:
+        wrong = deps_rule
+    elif not runs_given and not deps_given:
+        wrong = f"{runs_rule} (or {deps_rule})"
+    if wrong is not None:
+        err_console.print(f"[red]error:[/red] give {wrong}")
         raise typer.Exit(2)
     ctx = open_context(_settings())
     try:
         with ctx.db.session() as s:
             acc = accounts.get_or_create_account(s, account)
-            accounts.set_run_limit(s, acc, max_active_runs)
+            said: dict[str, object] = {"account": account}
+            if runs_given:
+                accounts.set_run_limit(s, acc, max_active_runs)
+                said["max_active_runs"] = max_active_runs
+            if deps_given:
+                accounts.set_deployment_limit(s, acc, max_deployments)
+                said["max_deployments"] = max_deployments
     except DomainError as e:
         err_console.print(f"[red]error:[/red] {e.message}")
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps({"account": account, "max_active_runs": max_active_runs}))
+        typer.echo(json.dumps(said))
         return
-    shown = "no limit" if max_active_runs is None else f"at most {max_active_runs} active run(s)"
-    console.print(f"{account}: {shown}")
+    shown = []
+    if runs_given:
+        shown.append(
+            "no run limit" if max_active_runs is None else f"at most {max_active_runs} active run(s)"
+        )
+    if deps_given:
+        shown.append(
+            "no deployment limit" if max_deployments is None else f"at most {max_deployments} deployment(s)"
+        )
+    console.print(f"{account}: {', '.join(shown)}")
 
 
 @models_app.command("list")
@@ -450,23 +486,12 @@ def deployments_list(as_json: Annotated[bool, typer.Option("--json", help="Print
     """Every account's deployments: model, engine, status, capacity and requests served."""
     from sqlalchemy import select
 
-    from tunehouse.store.models import Account, Deployment
+    from tunehouse.store.models import Account
 
     ctx = open_context(_settings())
     with ctx.db.session() as s:
         rows = [
-            {
-                "deployment": d.key,
-                "account": acc,
-                "endpoint": d.endpoint,
-                "model": d.model_name,
-                "base_model": d.base_model,
-                "engine": d.engine,
-                "status": d.status,
-                "capacity": d.capacity,
-                "requests": d.requests,
-                "error": d.error,
-            }
+            _deployment_row(d, acc)
             for d, acc in s.execute(
                 select(Deployment, Account.name).join(Account, Deployment.account_id == Account.id)
             )
@@ -483,6 +508,144 @@ def deployments_list(as_json: Annotated[bool, typer.Option("--json", help="Print
             )
         )
     console.print(table)
+
+
+def _deployment_row(d: Deployment, account: str) -> dict[str, object]:
+    return {
+        "deployment": d.key,
+        "account": account,
+        "endpoint": d.endpoint,
+        "model": d.model_name,
+        "base_model": d.base_model,
+        "engine": d.engine,
+        "status": d.status,
+        "capacity": d.capacity,
+        "requests": d.requests,
+        "error": d.error,
+    }
+
+
+def _owner_of(s: Session, model: str) -> str | None:
+    """The one account whose fine-tuned model (or run's output, for a checkpoint id) is named MODEL."""
+    from sqlalchemy import select
+
+    from tunehouse.api.openai.names import parse_checkpoint_model
+    from tunehouse.store.models import Account, Model, Run
+
+    parsed = parse_checkpoint_model(model)
+    if parsed is not None:
+        query = (
+            select(Account.name).join(Run, Run.account_id == Account.id).where(Run.output_name == parsed[0])
+        )
+    else:
+        query = (
+            select(Account.name)
+            .join(Model, Model.account_id == Account.id)
+            .where(Model.name == model, Model.deleted_at.is_(None))
+        )
+    owners = sorted(set(s.scalars(query)))
+    return owners[0] if len(owners) == 1 else None
+
+
+@deployments_app.command("create")
+def deployments_create(
+    model: Annotated[str, typer.Argument(help="A base model, fine-tuned model or checkpoint id.")],
+    account: Annotated[
+        str | None, typer.Option(help="The owning account; found from the model when only one has it.")
+    ] = None,
+    capacity: Annotated[int, typer.Option(min=1, help="Requests the deployment answers at once.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Deploy MODEL for an account, named after the model; the server loads it on its first call
+    (`tunehouse chat MODEL`, any SDK, or the console's playground)."""
+    from sqlalchemy import select
+
+    from tunehouse.api.openai.names import parse_checkpoint_model
+    from tunehouse.core import deployments as dep_svc
+    from tunehouse.store.models import Account
+
+    ctx = open_context(_settings())
+    try:
+        with ctx.db.session() as s:
+            name = account or _owner_of(s, model)
+            if name is None:
+                err_console.print(f"[red]error:[/red] say which account deploys {model}: --account NAME")
+                raise typer.Exit(2)
+            acc = s.scalar(select(Account).where(Account.name == name))
+            if acc is None:
+                err_console.print(f"[red]error:[/red] no account {name}")
+                raise typer.Exit(2)
+            target = dep_svc.resolve_model_target(s, acc.id, model)
+            parsed = parse_checkpoint_model(model)
+            if target is None and parsed is not None:
+                target = dep_svc.resolve_checkpoint_target(s, acc.id, model, *parsed)
+            if target is None:
+                err_console.print(f"[red]error:[/red] {name} has no model {model}")
+                raise typer.Exit(2)
+            dep = dep_svc.create_deployment(s, acc.id, target, endpoint=model, capacity=capacity)
+            row = _deployment_row(dep, name)
+    except DomainError as e:
+        err_console.print(f"[red]error:[/red] {e.message}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(row))
+        return
+    console.print(f"deployed {model} for {row['account']} ({row['status']}; it loads on its first call)")
+
+
+@deployments_app.command("delete")
+def deployments_delete(
+    name: Annotated[str, typer.Argument(help="The deployment's name (its model) or key.")],
+    account: Annotated[str | None, typer.Option(help="The owning account, when several have NAME.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a server to free a loaded engine.")] = 120,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete a deployment. One a server is running is marked DELETING; that server frees its engine's memory
+    and removes it (this waits for that); one no engine holds is removed at once."""
+    import time
+
+    from sqlalchemy import or_, select
+
+    from tunehouse.core import deployments as dep_svc
+    from tunehouse.store.models import Account
+
+    ctx = open_context(_settings())
+    with ctx.db.session() as s:
+        query = (
+            select(Deployment, Account.name)
+            .join(Account, Deployment.account_id == Account.id)
+            .where(or_(Deployment.endpoint == name, Deployment.key == name))
+        )
+        if account is not None:
+            query = query.where(Account.name == account)
+        found = list(s.execute(query))
+        if len(found) != 1:
+            why = f"no deployment {name}" if not found else f"several accounts have {name}: give --account"
+            err_console.print(f"[red]error:[/red] {why}")
+            raise typer.Exit(2)
+        dep, owner = found[0]
+        key = dep.key
+        row = _deployment_row(dep, owner)
+        held = dep.status in (dep_svc.S.DEPLOYING, dep_svc.S.RUNNING, dep_svc.S.DELETING)
+        dep_svc.request_delete(s, dep)
+        if not held:
+            dep_svc.forget(s, dep)
+    deadline = time.monotonic() + wait
+    while held:
+        with ctx.db.session() as s:
+            if dep_svc.deployment_by_key(s, key) is None:
+                break
+        if time.monotonic() > deadline:
+            err_console.print(
+                f"[red]error:[/red] {name} is DELETING; no server has freed it within {wait:g} s"
+            )
+            raise typer.Exit(1)
+        time.sleep(0.5)
+    row["status"] = "DELETED"
+    if as_json:
+        typer.echo(json.dumps(row))
+        return
+    console.print(f"deleted {name} of {owner}")
 
 
 @app.command("chat")

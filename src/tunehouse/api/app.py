@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunehouse.api.console import routes as console
+from tunehouse.api.console import serving as console_serving
 from tunehouse.api.context import AppContext
 from tunehouse.api.dashscope import routes as dashscope
 from tunehouse.api.dialects import dialect_error, dialect_of
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         if scheduler is not None:
             scheduler.start()
         app.state.supervisor = Supervisor(ctx.db, settings.home / "deployments")
+        app.state.supervisor.start_reconciling()  # frees engines of deployments deleted from the CLI
         app.state.ready = True
         try:
             yield
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(openai_chat.router)
     app.include_router(dashscope.router)
     app.include_router(console.router)
+    app.include_router(console_serving.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

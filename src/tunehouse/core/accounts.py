@@ -51,6 +51,13 @@ def set_run_limit(s: Session, account: Account, limit: int | None) -> None:
     account.max_active_runs = limit
 
 
+def set_deployment_limit(s: Session, account: Account, limit: int | None) -> None:
+    """At most ``limit`` deployments at once for this account; None lifts the limit."""
+    if limit is not None and limit < 1:
+        raise InvalidParameter("max_deployments", "must be at least 1 (or no limit)")
+    account.max_deployments = limit
+
+
 def issue_keys(s: Session, box: SecretBox, account: Account, label: str = "") -> IssuedKeys:
     access_key = secrets.token_hex(16)
     secret_key = secrets.token_hex(16)

@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
-from tunehouse.core.errors import Conflict, InvalidParameter, NotFound
+from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.ids import new_key
 from tunehouse.core.registry import resolve_base, run_by_output_name
-from tunehouse.store.models import Checkpoint, Deployment, Model
+from tunehouse.store.locks import lock_row
+from tunehouse.store.models import Account, Checkpoint, Deployment, Model
 
 ENGINES = ("transformers",)  # "vllm" joins when its engine lands
 MAX_CAPACITY = 64
@@ -112,6 +113,7 @@ def create_deployment(
         select(Deployment.id).where(Deployment.account_id == account_id, Deployment.endpoint == endpoint)
     ):
         raise Conflict(f"Model instance {endpoint} already exists, please specify a suffix")
+    check_deployment_limit(s, account_id)
     now = utcnow()
     dep = Deployment(
         key=new_key(),
@@ -136,6 +138,30 @@ def create_deployment(
     return dep
 
 
+def check_deployment_limit(s: Session, account_id: int) -> None:
+    """Refuse one more deployment when the account already holds as many as its limit allows.
+
+    Every record but a DELETING one counts, stopped and failed included: deleting one makes room.
+    """
+    # As for runs: the account's row lock makes concurrent creates take turns, so each counts the others.
+    account = s.get_one(Account, account_id)
+    lock_row(s, account)
+    limit = account.max_deployments
+    if limit is None:
+        return
+    held = s.scalar(
+        select(func.count())
+        .select_from(Deployment)
+        .where(Deployment.account_id == account_id, Deployment.status != S.DELETING)
+    )
+    if (held or 0) >= limit:
+        raise QuotaExceeded(
+            f"Too many deployments: this account may hold {limit} at once and has {held}. "
+            "Delete one to deploy another.",
+            limit,
+        )
+
+
 def check_capacity(capacity: object) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
         raise InvalidParameter(
@@ -156,6 +182,16 @@ def get_deployment(s: Session, account_id: int, endpoint: str) -> Deployment:
 
 def deployment_by_key(s: Session, key: str) -> Deployment | None:
     return s.scalar(select(Deployment).where(Deployment.key == key))
+
+
+def deleting_keys(s: Session) -> list[str]:
+    return list(s.scalars(select(Deployment.key).where(Deployment.status == S.DELETING)))
+
+
+def existing_keys(s: Session, keys: list[str]) -> set[str]:
+    if not keys:
+        return set()
+    return set(s.scalars(select(Deployment.key).where(Deployment.key.in_(keys))))
 
 
 def list_deployments(s: Session, account_id: int) -> list[Deployment]:

@@ -43,6 +43,7 @@ class Supervisor:
         self.workdir = workdir
         self._live: dict[str, _Live] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._reconciler: asyncio.Task[None] | None = None
 
     # ---- store updates, off the event loop ----------------------------------------------------------
     async def _move(self, key: str, target: S, error: str | None = None) -> None:
@@ -167,7 +168,55 @@ class Supervisor:
             return {"in_flight": 0, "waiting": 0, "restarts": 0}
         return {"in_flight": live.in_flight, "waiting": live.waiting, "restarts": live.restarts}
 
+    def memory_bytes(self, key: str) -> int | None:
+        """Resident memory of the deployment's engine process, when this process runs it (Linux)."""
+        live = self._live.get(key)
+        proc = getattr(live.engine, "proc", None) if live is not None else None
+        pid = getattr(proc, "pid", None)
+        if not isinstance(pid, int) or not self.is_live(key):
+            return None
+        try:
+            with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+                resident_pages = int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+    async def stop_deployment(self, key: str) -> None:
+        """Free the engine's memory and mark the record STOPPED; the next call (or deploy) starts it again."""
+        await self.stop(key)
+        await self._move(key, S.STOPPED)
+
+    async def reconcile(self) -> None:
+        """Finish deletions asked for elsewhere (the CLI, another server process) and free the engines of
+        records that are gone."""
+
+        def look() -> tuple[list[str], list[str]]:
+            held = list(self._live)
+            with self.db.session() as s:
+                present = dep_svc.existing_keys(s, held)
+                return dep_svc.deleting_keys(s), [k for k in held if k not in present]
+
+        deleting, gone = await asyncio.to_thread(look)
+        for key in deleting:
+            await self.delete(key)
+        for key in gone:
+            await self.stop(key)
+
+    def start_reconciling(self, every_s: float = 1.0) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await self.reconcile()
+                except Exception:  # a store hiccup: try again next round
+                    log.exception("reconciling deployments failed")
+
+        self._reconciler = asyncio.create_task(loop())
+
     async def shutdown(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         for key in list(self._live):
             await self.stop(key)
             await self._move(key, S.STOPPED)

@@ -54,6 +54,8 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # Runs this tenant may have queued or training at once; None: no limit beyond the node's capacity.
     max_active_runs: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    # Deployments this tenant may hold at once (any status but DELETING); None: no limit.
+    max_deployments: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class Credential(Base):

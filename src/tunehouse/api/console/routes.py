@@ -43,10 +43,12 @@ from tunehouse.api.console.auth import (
 )
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.limits import MAX_QUERY_INT
+from tunehouse.api.openai import names as openai_names
 from tunehouse.contract.datasets import detect_format, formats_for_train_mode, validate_dataset
 from tunehouse.contract.spec import MAX_GPUS
 from tunehouse.contract.tiny import ensure_tiny_model
 from tunehouse.core import accounts, registry
+from tunehouse.core import deployments as dep_svc
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
@@ -719,6 +721,13 @@ def run_page(
         output = _output(s, account, run)
         snapshot = views.run_snapshot(run, output)
         files = {f.id: f for f in file_svc.list_files(s, account)}
+        # What the run offers to deploy: its output model, and each checkpoint under its OpenAI model id.
+        deploy_choices = [output.name] if output is not None else []
+        if run.output_name:
+            deploy_choices += [
+                openai_names.checkpoint_model(str(run.output_name), c["step"]) for c in checkpoints
+            ]
+        deployed = {d.endpoint: d.status for d in dep_svc.list_deployments(s, account)}
     points = [p for p in (views.chart_point(e) for e in events) if p is not None]
     log = [views.log_item(e) for e in events if e.type not in views.CHART_TYPES]
     data = {
@@ -748,6 +757,7 @@ def run_page(
         result_files=result_files if isinstance(result_files, list) else [],
         mode_labels=MODE_LABELS,
         method_labels=METHOD_LABELS,
+        deploy_choices=[{"name": n, "status": deployed.get(n)} for n in deploy_choices],
     )
 
 
