@@ -34,8 +34,14 @@ PATH = "/services/aigc/text-generation/generation"
 ROLES = {"system", "user", "assistant", "tool"}
 RESULT_FORMATS = ("text", "message")
 MAX_N = 4  # the hosted service's bound
-# Served: the engine is loaded, or being loaded (the call waits for it).
-SERVABLE = {DeploymentStatus.PENDING, DeploymentStatus.DEPLOYING, DeploymentStatus.RUNNING}
+# Served: the engine is loaded or being loaded (the call waits for it), or was stopped with the server
+# (the call starts it again). A FAILED one is refused with its reason until it is deployed again.
+SERVABLE = {
+    DeploymentStatus.PENDING,
+    DeploymentStatus.DEPLOYING,
+    DeploymentStatus.RUNNING,
+    DeploymentStatus.STOPPED,
+}
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,8 @@ def _deployment_key(s: Session, caller: Caller, model: str) -> str:
             raise invalid(f"Model {echo(model)} is not deployed: deploy it first (Deployments.call)")
         dep = dep_svc.deployment_for_model(s, caller.account_id, target)
     if dep.status not in SERVABLE:
-        raise invalid(f"Model {echo(model)} is {dep.status}, not running")
+        reason = f": {dep.error}" if dep.status == DeploymentStatus.FAILED and dep.error else ""
+        raise invalid(f"Model {echo(model)} is {dep.status}, not running{reason}")
     return dep.key
 
 
