@@ -14,6 +14,7 @@ from typing import Any
 
 import dashscope
 import httpx
+import openai
 import pytest
 from dashscope import Deployments, Generation
 from dashscope.v2.errors import APIStatusError, BadRequestError, NotFoundError
@@ -274,7 +275,9 @@ def test_2x_client_answers_as_1x_streamed_or_not(server: LiveServer, alice: str,
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
 
 
-def test_compatible_mode_answers_in_openais_shape(server: LiveServer, alice: str, deployed: str) -> None:
+def test_compatible_mode_answers_in_openais_shape(
+    server: LiveServer, alice: str, bob: str, deployed: str
+) -> None:
     expected = content(generate(alice, deployed))
     compat = OpenAI(
         base_url=server.url + "/compatible-mode/v1", api_key=alice, _strict_response_validation=True
@@ -284,3 +287,7 @@ def test_compatible_mode_answers_in_openais_shape(server: LiveServer, alice: str
     assert r.choices[0].message.content == expected
     stream = compat.chat.completions.create(model=deployed, messages=QUESTION, stream=True, **GREEDY)  # type: ignore[arg-type]
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
+    others = OpenAI(base_url=server.url + "/compatible-mode/v1", api_key=bob, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as exc:
+        others.chat.completions.create(model=deployed, messages=QUESTION)  # type: ignore[arg-type]
+    assert exc.value.code == "model_not_found"
