@@ -180,6 +180,16 @@ def test_bad_parameters_are_invalid_parameter(alice: str, fine_tuned: str, deplo
     assert error_of(bad_suffix) == (400, "InvalidParameter")
 
 
+def test_generation_needs_a_deployment_of_a_fine_tuned_model_and_an_existing_model(
+    alice: str, fine_tuned: str, deployed: str
+) -> None:
+    undeployed = Generation.call(model=fine_tuned, messages=QUESTION, api_key=alice)
+    assert (undeployed.status_code, undeployed.code) == (400, "InvalidParameter")
+    assert "not deployed" in undeployed.message
+    unknown = Generation.call(model="no-such-model", messages=QUESTION, api_key=alice)
+    assert (unknown.status_code, unknown.code) == (404, "NotFound")
+
+
 def test_2x_client_scales_then_deletes_a_deployment_and_it_is_gone(
     server: LiveServer, alice: str, fine_tuned: str
 ) -> None:
