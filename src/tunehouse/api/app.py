@@ -19,6 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunehouse.api.console import routes as console
 from tunehouse.api.console import serving as console_serving
 from tunehouse.api.context import AppContext
+from tunehouse.api.dashscope import compatible as dashscope_compatible
+from tunehouse.api.dashscope import deployments as dashscope_deployments
+from tunehouse.api.dashscope import generation as dashscope_generation
 from tunehouse.api.dashscope import routes as dashscope
 from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.edge import EdgeMiddleware
@@ -109,6 +112,9 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.include_router(openai_models.router)
     app.include_router(openai_chat.router)
     app.include_router(dashscope.router)
+    app.include_router(dashscope_deployments.router)
+    app.include_router(dashscope_generation.router)
+    app.include_router(dashscope_compatible.router)
     app.include_router(console.router)
     app.include_router(console_serving.router)
 

@@ -28,6 +28,7 @@ _PREFIXES = (
     ("/v2", Dialect.QIANFAN_V2),
     ("/api/v1", Dialect.DASHSCOPE),
     ("/v1", Dialect.OPENAI),
+    ("/compatible-mode", Dialect.OPENAI),  # DashScope's OpenAI-shaped routes answer as OpenAI does
     ("/console", Dialect.CONSOLE),
 )
 

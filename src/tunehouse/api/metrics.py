@@ -49,7 +49,7 @@ LATENCY = Histogram(
 def dialect_of(path: str) -> str:
     if path.startswith(("/v2/", "/wenxinworkshop/")):
         return "qianfan"
-    if path.startswith("/api/v1/"):
+    if path.startswith(("/api/v1/", "/compatible-mode/")):
         return "dashscope"
     if path.startswith("/v1/"):
         return "openai"

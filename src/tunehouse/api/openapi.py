@@ -157,6 +157,61 @@ DASHSCOPE_CREATE_JOB = _obj(
     ["model", "training_file_ids"],
 )
 
+_CAPACITY: Schema = {"type": "integer", "minimum": 1, "maximum": 64}
+DASHSCOPE_CREATE_DEPLOYMENT = _obj(
+    {
+        "model_name": STR,
+        "capacity": _CAPACITY,
+        "suffix": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,7}$"},
+        "plan": {"type": "string", "enum": ["lora", "Lora", "LORA", "mu", "MU", "cu", "CU", "ptu", "PTU"]},
+        "model_version": STR,
+        "template_id": STR,
+        "deploy_spec": OBJ,
+        "billing_method": STR,
+    },
+    ["model_name", "capacity"],
+)
+DASHSCOPE_GENERATION = _obj(
+    {
+        "model": STR,
+        "input": _obj(
+            {
+                "messages": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
+                            "content": {"oneOf": [STR, {"type": "array", "items": _obj({"text": STR})}]},
+                        },
+                        ["role", "content"],
+                    ),
+                },
+                "prompt": STR,
+            }
+        ),
+        "parameters": _obj(
+            {
+                "result_format": {"type": "string", "enum": ["text", "message"]},
+                "incremental_output": {"type": "boolean"},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "seed": {"type": "integer", "minimum": 0},
+                "stop": {"oneOf": [STR, STRS]},
+                "n": {"type": "integer", "minimum": 1, "maximum": 4},
+            }
+        ),
+    },
+    ["model", "input"],
+)
+_SSE_OR_JSON: Schema = {"application/json": {"schema": OBJ}, "text/event-stream": {"schema": STR}}
+_DS_CONFLICT: Schema = {
+    "409": {
+        "description": "A deployment of that name exists",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DashScopeError"}}},
+    }
+}
+
 # (method, path) → what the route reads that FastAPI cannot see.
 OPENAI_CHAT: Schema = _obj(
     {
@@ -184,6 +239,20 @@ OPENAI_CHAT: Schema = _obj(
     },
     ["model", "messages"],
 )
+
+_OPENAI_CHAT_EXTRA: Schema = {
+    "requestBody": _json(OPENAI_CHAT),
+    "responses": {
+        "200": {
+            "description": "A chat.completion, or with `stream: true` chat.completion.chunk events",
+            "content": _SSE_OR_JSON,
+        },
+        "503": {
+            "description": "The model is being undeployed; retry",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
+        },
+    },
+}
 
 _EXTRA: dict[tuple[str, str], Schema] = {
     ("post", "/v2/finetuning"): {
@@ -239,19 +308,8 @@ _EXTRA: dict[tuple[str, str], Schema] = {
             ["files"],
         )
     },
-    ("post", "/v1/chat/completions"): {
-        "requestBody": _json(OPENAI_CHAT),
-        "responses": {
-            "200": {
-                "description": "A chat.completion, or with `stream: true` chat.completion.chunk events",
-                "content": {"application/json": {"schema": OBJ}, "text/event-stream": {"schema": STR}},
-            },
-            "503": {
-                "description": "The model is being undeployed; retry",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
-            },
-        },
-    },
+    ("post", "/v1/chat/completions"): _OPENAI_CHAT_EXTRA,
+    ("post", "/compatible-mode/v1/chat/completions"): _OPENAI_CHAT_EXTRA,
     ("get", "/api/v1/fine-tunes"): {"parameters": [*_PAGE, _query("model", STR)]},
     ("post", "/api/v1/fine-tunes"): {"requestBody": _json(DASHSCOPE_CREATE_JOB)},
     ("get", "/api/v1/fine-tunes/{job_id}/logs"): {
@@ -259,6 +317,32 @@ _EXTRA: dict[tuple[str, str], Schema] = {
             _query("offset", {"type": "integer", "minimum": 0}),
             _query("line", {"type": "integer", "minimum": 1, "maximum": 1000}),
         ]
+    },
+    ("get", "/api/v1/deployments"): {"parameters": _PAGE},
+    ("post", "/api/v1/deployments"): {
+        "requestBody": _json(DASHSCOPE_CREATE_DEPLOYMENT),
+        "responses": _DS_CONFLICT,
+    },
+    ("put", "/api/v1/deployments/{deployed_model}/scale"): {
+        "requestBody": _json(_obj({"deployed_model": STR, "capacity": _CAPACITY}, ["capacity"]))
+    },
+    ("post", "/api/v1/services/aigc/text-generation/generation"): {
+        "parameters": [
+            {
+                "name": "X-DashScope-SSE",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "enum": ["enable", "disable"]},
+                "description": "`enable`: answer as server-sent events",
+            }
+        ],
+        "requestBody": _json(DASHSCOPE_GENERATION),
+        "responses": {
+            "200": {
+                "description": "A generation, or with X-DashScope-SSE its events",
+                "content": _SSE_OR_JSON,
+            }
+        },
     },
     ("get", "/api/v1/fine-tunes/{job_id}/stream"): {
         "responses": {

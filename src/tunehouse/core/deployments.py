@@ -232,3 +232,62 @@ def deployment_for_model(s: Session, account_id: int, target: ServingTarget) -> 
     if dep is None:
         dep = create_deployment(s, account_id, target, endpoint=target.model_name)
     return dep
+
+
+class DeploymentExists(Conflict):
+    """The account already has a deployment under that endpoint name (dialects answer their own 409)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"Model instance {endpoint} already exists, please specify a suffix")
+        self.endpoint = endpoint
+
+
+def endpoint_name(model_name: str, suffix: str | None) -> str:
+    """A deployment's endpoint: the model's name, with `-suffix` when one is given (DashScope's rule)."""
+    return f"{model_name}-{suffix}" if suffix else model_name
+
+
+def deploy_named(
+    s: Session, account_id: int, target: ServingTarget, endpoint: str, capacity: int = 1
+) -> Deployment:
+    """A new deployment under `endpoint`; DeploymentExists when the account already has one there."""
+    check_capacity(capacity)
+    if find_deployment(s, account_id, endpoint) is not None:
+        raise DeploymentExists(endpoint)
+    return create_deployment(s, account_id, target, endpoint=endpoint, capacity=capacity)
+
+
+def find_deployment(s: Session, account_id: int, endpoint: str) -> Deployment | None:
+    """The account's own deployment by endpoint name, or None (another account's is never found)."""
+    return s.scalar(
+        select(Deployment).where(Deployment.account_id == account_id, Deployment.endpoint == endpoint)
+    )
+
+
+def scale_deployment(s: Session, dep: Deployment, capacity: int) -> int:
+    """Set how many requests it serves at once; returns the previous capacity. Not while being deleted."""
+    check_capacity(capacity)
+    if dep.status == S.DELETING:
+        raise Conflict(f"deployment is {dep.status}; it cannot be scaled")
+    previous = dep.capacity
+    dep.capacity = capacity
+    dep.updated_at = utcnow()
+    return previous
+
+
+def count_deployments(s: Session, account_id: int) -> int:
+    from sqlalchemy import func  # local: this block was appended without touching the module's imports
+
+    return int(s.scalar(select(func.count()).where(Deployment.account_id == account_id)) or 0)
+
+
+def page_deployments(s: Session, account_id: int, offset: int, limit: int) -> list[Deployment]:
+    return list(
+        s.scalars(
+            select(Deployment)
+            .where(Deployment.account_id == account_id)
+            .order_by(Deployment.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    )

@@ -220,3 +220,44 @@ class Supervisor:
         for key in list(self._live):
             await self.stop(key)
             await self._move(key, S.STOPPED)
+
+    # ---- deploy steps that answer before the engine has loaded (DashScope's Deployments) --------------
+    def start_soon(self, key: str) -> None:
+        """Start the deployment's engine in the background; a failure leaves it FAILED with the reason."""
+        task = asyncio.create_task(self._start_quietly(key))
+        _BACKGROUND.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _start_quietly(self, key: str) -> None:
+        try:
+            await self.ensure(key)
+        except EngineError as exc:  # ensure has recorded it on the deployment
+            log.info("deployment %s did not start: %s", key, exc)
+
+    def resize(self, key: str, old: int, new: int) -> None:
+        """A running deployment's concurrency limit from `old` to `new` (a stopped one reads it at start)."""
+        live = self._live.get(key)
+        if live is None or new == old:
+            return
+        if new > old:
+            for _ in range(new - old):
+                live.gate.release()
+            return
+        task = asyncio.create_task(_withhold(live.gate, old - new))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def undeploy(self, key: str) -> None:
+        """`delete`, once a start in progress has finished: no engine outlives its record."""
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            await self._move(key, S.DELETING)  # from here `ensure` refuses to start it
+        await self.delete(key)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def _withhold(gate: asyncio.Semaphore, permits: int) -> None:
+    # Lowering a limit: take permits as requests in flight return them, and keep them.
+    for _ in range(permits):
+        await gate.acquire()

@@ -6,22 +6,24 @@ import json
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.json_body import json_object
 from tunehouse.api.openai.auth import Caller, openai_caller
 from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute
 from tunehouse.api.openai.models import resolve_target
+from tunehouse.api.serving import gather, supervisor_of
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import DeploymentStatus
 from tunehouse.serving.engine import ChoiceEnd, Delta, EngineError, GenerationParams, Usage
-from tunehouse.serving.supervisor import Supervisor
+from tunehouse.store.models import Deployment
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
 
@@ -117,10 +119,26 @@ def _usage(u: Usage) -> dict[str, int]:
     }
 
 
+def openai_deployment(s: Session, caller: Caller, model: str) -> Deployment:
+    """OpenAI has no deploy step: a base model, fine-tuned model or checkpoint is deployed on first use."""
+    return dep_svc.deployment_for_model(s, caller.account_id, resolve_target(s, caller, model))
+
+
 @router.post("/chat/completions")
 async def chat_completions(
     request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(openai_caller)
 ) -> Response:
+    return await answer_chat(request, ctx, caller, openai_deployment)
+
+
+async def answer_chat(
+    request: Request,
+    ctx: AppContext,
+    caller: Caller,
+    find: Callable[[Session, Caller, str], Deployment],
+) -> Response:
+    """A chat completion in OpenAI's shape from the deployment `find` names for the body's model (raising
+    an OpenAIError when there is none); OpenAI's own route and DashScope's compatible mode both answer so."""
     body = await json_object(request)
     if body is None:
         raise OpenAIError(400, "The body must be a JSON object.")
@@ -135,8 +153,7 @@ async def chat_completions(
 
     def deployment() -> str:
         with ctx.db.session() as s:
-            target = resolve_target(s, caller, model)
-            dep = dep_svc.deployment_for_model(s, caller.account_id, target)
+            dep = find(s, caller, model)
             if dep.status == DeploymentStatus.DELETING:
                 raise OpenAIError(
                     503, f"The model '{model}' is being undeployed; try again.", type_="server_error"
@@ -144,7 +161,7 @@ async def chat_completions(
             return dep.key
 
     key = await run_in_threadpool(deployment)
-    supervisor: Supervisor = request.app.state.supervisor
+    supervisor = supervisor_of(request)
     try:
         await supervisor.ensure(key)  # the first call waits for the engine to load
     except EngineError as exc:
@@ -158,17 +175,8 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    texts = [""] * params.n
-    reasons = ["stop"] * params.n
-    usage = Usage(0, 0)
     try:
-        async for ev in events:
-            if isinstance(ev, Delta):
-                texts[ev.index] += ev.text
-            elif isinstance(ev, ChoiceEnd):
-                reasons[ev.index] = ev.finish_reason
-            else:
-                usage = ev
+        answer = await gather(events, params.n)
     except EngineError as exc:
         raise _engine_failed(exc) from None
     return JSONResponse(
@@ -180,13 +188,13 @@ async def chat_completions(
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": texts[i], "refusal": None},
-                    "finish_reason": reasons[i],
+                    "message": {"role": "assistant", "content": answer.texts[i], "refusal": None},
+                    "finish_reason": answer.finish_reasons[i],
                     "logprobs": None,
                 }
                 for i in range(params.n)
             ],
-            "usage": _usage(usage),
+            "usage": _usage(answer.usage),
         }
     )
 
