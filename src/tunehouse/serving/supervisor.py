@@ -149,7 +149,8 @@ class Supervisor:
         async with host.lock:
             if not fresh and host.engine.exit_reason() is None and host.watcher is not None:
                 return host
-            if not fresh:
+            if not fresh:  # it died: whoever used it loads its adapter again on its next ensure
+                host.users.clear()
                 host.engine = ENGINES[hk[0]]()
             try:
                 await host.engine.start(base, host.workdir)
