@@ -105,6 +105,8 @@ def engines(
     if not detect_gpus():
         args = os.environ.get("TUNEHOUSE_VLLM_ARGS", "--dtype float32")
         monkeypatch_module.setenv("TUNEHOUSE_VLLM_ARGS", args)
+        # vLLM's CPU backend otherwise reserves most of the machine's memory for its KV cache (GiB).
+        monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         tiny_model = cpu_attention_variant(tiny_model, tmp / "tunehouse-tiny-h32")
     adapter = make_adapter(tiny_model, tmp / "adapter", seed=1)
     loop = asyncio.new_event_loop()
