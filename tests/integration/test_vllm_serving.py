@@ -96,11 +96,14 @@ class Engines:
 
 @pytest.fixture(scope="module")
 def engines(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, monkeypatch_module: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch_module: pytest.MonkeyPatch,
 ) -> Iterator[Engines]:
     reason = _vllm_import_error()
     if reason is not None:
         pytest.skip(reason)
+    tiny_model: Path = request.getfixturevalue("tiny_model")  # only once vLLM is there: it takes a while
     tmp = tmp_path_factory.mktemp("vllm")
     if not detect_gpus():
         args = os.environ.get("TUNEHOUSE_VLLM_ARGS", "--dtype float32")
