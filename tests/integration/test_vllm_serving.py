@@ -21,13 +21,15 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.conftest import start_server
 from tests.integration.test_openai_chat import QUESTION
+from tests.integration.test_openai_sdk import make_client
 from tests.integration.test_shared_base_engine import make_adapter
 from tunehouse.executors.gpus import detect_gpus
 from tunehouse.serving.engine import BaseSpec, Delta, Engine, GenerationParams
@@ -80,8 +82,10 @@ def cpu_attention_variant(model: Path, out: Path) -> Path:
 
 
 class Engines:
-    def __init__(self, loop: asyncio.AbstractEventLoop, vllm: Engine, transformers: Engine) -> None:
-        self.loop, self.vllm, self.transformers = loop, vllm, transformers
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, model: Path, vllm: Engine, transformers: Engine
+    ) -> None:
+        self.loop, self.model, self.vllm, self.transformers = loop, model, vllm, transformers
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(DEADLINE_S)
@@ -115,7 +119,7 @@ def engines(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    found = Engines(loop, VllmEngine(), TransformersEngine())
+    found = Engines(loop, tiny_model, VllmEngine(), TransformersEngine())
     base = BaseSpec("tunehouse-tiny", str(tiny_model))
     try:
         for name, engine in (("vllm", found.vllm), ("transformers", found.transformers)):
@@ -152,3 +156,38 @@ def test_throughput_and_time_to_first_token_at_1_and_32_concurrent_requests(
         print(f"vllm {figures}")
         record_property(f"vllm_c{concurrency}", str(figures))
         assert figures.requests == concurrency and figures.completion_tokens > 0
+
+
+def test_a_server_set_to_vllm_deploys_on_first_use_and_answers_through_the_openai_sdk(
+    engines: Engines, tmp_path: Path, make_pg_database: Callable[[], str]
+) -> None:
+    import psutil
+
+    server = start_server(
+        tmp_path,
+        "sqlite",
+        engines.model,
+        make_pg_database,
+        TUNEHOUSE_SERVING_ENGINE="vllm",
+        TUNEHOUSE_ENGINE_START_TIMEOUT_S=str(DEADLINE_S),
+    )
+    try:
+        keys = server.keys("vllm-alice")
+        client = make_client(server, keys).with_options(timeout=DEADLINE_S, max_retries=0)
+        ask: dict[str, Any] = {"model": "tunehouse-tiny", "messages": QUESTION, "temperature": 0}
+        whole = client.chat.completions.create(max_tokens=16, **ask)  # the first call waits for vLLM
+        want = engines.answer(engines.transformers, None)
+        assert whole.choices[0].message.content == want
+        chunks = client.chat.completions.create(max_tokens=16, stream=True, **ask)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == want
+        rows = json.loads(server.cli("deployments", "list", "--json"))
+        assert [(r["model"], r["engine"], r["status"]) for r in rows if r["account"] == "vllm-alice"] == [
+            ("tunehouse-tiny", "vllm", "RUNNING")
+        ]
+    finally:
+        server.stop()
+        home = str(server.home)
+        for proc in psutil.process_iter(["cmdline"]):  # a vLLM server the stopped server left behind
+            if any(home in part for part in proc.info["cmdline"] or []):
+                proc.kill()
