@@ -15,7 +15,7 @@ from tunehouse.api.app import create_app
 with TestClient(create_app()) as client:
     assert client.get("/healthz").status_code == 200
     client.get("/console/login")
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "peft", "vllm")
                 or m == "tunehouse.trainer" or m.startswith("tunehouse.trainer."))
 print(loaded)
 sys.exit(1 if loaded else 0)

@@ -19,7 +19,7 @@ from tunehouse.core.registry import resolve_base, run_by_output_name
 from tunehouse.store.locks import lock_row
 from tunehouse.store.models import Account, Checkpoint, Deployment, Model
 
-ENGINES = ("transformers",)  # "vllm" joins when its engine lands
+ENGINES = ("transformers", "vllm")
 MAX_CAPACITY = 64
 
 
@@ -103,9 +103,13 @@ def create_deployment(
     account_id: int,
     target: ServingTarget,
     endpoint: str,
-    engine: str = "transformers",
+    engine: str | None = None,
     capacity: int = 1,
 ) -> Deployment:
+    if engine is None:  # the serving layer's choice for this machine (vLLM where it runs)
+        from tunehouse.serving.selection import default_engine
+
+        engine = default_engine()
     if engine not in ENGINES:
         raise InvalidParameter("engine", f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     check_capacity(capacity)

@@ -1,4 +1,7 @@
-"""The transformers + PEFT engine, from the server's side: a worker process reached on a unix socket."""
+"""The transformers + PEFT engine, from the server's side: a worker process reached on a unix socket.
+
+One worker holds one base model; each LoRA deployment of that base is a named adapter in it.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tunehouse.serving.engine import (
+    BaseSpec,
     ChoiceEnd,
     Delta,
     EngineError,
     GenerationEvent,
     GenerationParams,
-    LoadSpec,
     Usage,
 )
 
@@ -36,21 +39,20 @@ class TransformersEngine:
         self.log_path: Path | None = None
         self._reason: str | None = None
 
-    async def start(self, spec: LoadSpec, workdir: Path) -> None:
+    async def start(self, base: BaseSpec, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         # Unix socket paths are short (108 bytes): keep it in a short directory of its own.
         sock_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"th-{os.getuid()}"
         sock_dir.mkdir(mode=0o700, exist_ok=True)
-        self.socket_path = str(sock_dir / f"{spec.deployment}-{os.getpid()}.sock")
+        self.socket_path = str(sock_dir / f"{workdir.name}-{os.getpid()}.sock")
         spec_path = workdir / "engine.json"
         spec_path.write_text(
             json.dumps(
                 {
                     "socket": self.socket_path,
-                    "base_model": spec.base_model,
-                    "base_path": spec.base_path,
-                    "weights_path": spec.weights_path,
-                    "weights_kind": spec.weights_kind,
+                    "base_model": base.base_model,
+                    "base_path": base.base_path,
+                    "full_weights": base.full_weights,
                     "threads": int(os.environ.get("TUNEHOUSE_ENGINE_THREADS", "1")),
                 }
             ),
@@ -88,23 +90,49 @@ class TransformersEngine:
         reason = f"the engine process exited with code {code}"
         return f"{reason}: {tail}" if tail else reason
 
-    async def generate(
-        self, messages: list[dict[str, Any]], params: GenerationParams
-    ) -> AsyncIterator[GenerationEvent]:
+    async def _open(
+        self, request: dict[str, Any]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.socket_path is None or self.exit_reason() is not None:
             raise EngineError(self.exit_reason() or "the engine is not started")
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=2**24)
         except OSError as exc:
             raise EngineError(f"the engine is unreachable: {exc}") from exc
+        writer.write((json.dumps(request) + "\n").encode())
+        await writer.drain()
+        return reader, writer
+
+    async def _next(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        line = await reader.readline()
+        if not line:
+            raise EngineError(self.exit_reason() or "the engine closed the connection mid-answer")
+        msg: dict[str, Any] = json.loads(line)
+        if msg.get("type") == "error":
+            raise EngineError(str(msg.get("message")))
+        return msg
+
+    async def _control(self, request: dict[str, Any]) -> None:
+        reader, writer = await self._open(request)
         try:
-            writer.write((json.dumps({"messages": messages, "params": params.to_json()}) + "\n").encode())
-            await writer.drain()
+            await self._next(reader)
+        finally:
+            writer.close()
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        await self._control({"op": "load_adapter", "name": name, "path": path})
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._control({"op": "unload_adapter", "name": name})
+
+    async def generate(
+        self, adapter: str | None, messages: list[dict[str, Any]], params: GenerationParams
+    ) -> AsyncIterator[GenerationEvent]:
+        request = {"op": "generate", "adapter": adapter, "messages": messages, "params": params.to_json()}
+        reader, writer = await self._open(request)
+        try:
             while True:
-                line = await reader.readline()
-                if not line:
-                    raise EngineError(self.exit_reason() or "the engine closed the connection mid-answer")
-                msg = json.loads(line)
+                msg = await self._next(reader)
                 kind = msg.get("type")
                 if kind == "delta":
                     yield Delta(int(msg["index"]), str(msg["text"]))
@@ -115,10 +143,11 @@ class TransformersEngine:
                 elif kind == "usage":
                     yield Usage(int(msg["prompt_tokens"]), int(msg["completion_tokens"]))
                     return
-                elif kind == "error":
-                    raise EngineError(str(msg.get("message")))
         finally:
             writer.close()
+
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     async def wait_exit(self) -> str:
         assert self.proc is not None

@@ -1,11 +1,14 @@
-"""The transformers + PEFT engine's worker process: one loaded model, answering on a unix socket.
+"""The transformers + PEFT engine's worker process: one loaded base model, and adapters over it, on a socket.
 
-`python -m tunehouse.serving.worker SPEC.json`. The spec names the socket, the base model directory and
-optionally weights over it (a PEFT adapter dir or full weights). Once loaded, the socket appears and
-`ready` is printed on stdout. Protocol: per connection one JSON line in (`{"messages", "params"}`), JSON
-lines out: `delta` {index, text}, `choice_end` {index, finish_reason, completion_tokens}, and last `usage`
-{prompt_tokens, completion_tokens} or `error` {message}. Requests are served one at a time: the server's
-supervisor queues them and limits how many wait.
+`python -m tunehouse.serving.worker SPEC.json`. The spec names the socket, the base model directory and, for a
+full fine-tune, the weights that replace it. Once loaded, the socket appears and `ready` is printed on stdout.
+Protocol: per connection one JSON line in, JSON lines out.
+- `{"op": "generate", "adapter": NAME|null, "messages", "params"}` → `delta` {index, text}, `choice_end`
+  {index, finish_reason, completion_tokens}, and last `usage` {prompt_tokens, completion_tokens} or `error`
+  {message}. `adapter` null answers with the base model alone.
+- `{"op": "load_adapter", "name", "path"}` and `{"op": "unload_adapter", "name"}` → `ok` or `error`.
+The base is loaded once whatever the number of adapters (PEFT's named adapters, one made active per request).
+Requests are served one at a time: the server's supervisor queues them and limits how many wait.
 """
 
 from __future__ import annotations
@@ -27,30 +30,65 @@ class _Abort(Exception):
     """Raised from the streamer to end a generation early (a stop string, or the caller left)."""
 
 
-def load(spec: dict[str, Any]) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class Loaded:
+    """The base model (a PeftModel once an adapter is loaded) and each adapter's tokenizer."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from transformers import AutoModelForCausalLM
+
+        base = Path(spec["base_path"])
+        if spec.get("base_model") == "tunehouse-tiny" and not (base / "config.json").is_file():
+            from tunehouse.trainer.tiny import build_tiny_model
+
+            build_tiny_model(base)
+        full = spec.get("full_weights")
+        source = Path(full) if full else base
+        self.model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        self.model.eval()
+        self.base_tokenizer = _tokenizer(source if (source / "tokenizer_config.json").is_file() else base)
+        self.tokenizers: dict[str, Any] = {}
+
+    def load_adapter(self, name: str, path: str) -> None:
+        if name in self.tokenizers:
+            return
+        from peft import PeftModel
+
+        if not self.tokenizers:
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        else:
+            self.model.load_adapter(path, adapter_name=name)
+        self.model.eval()
+        # The adapter's directory holds the tokenizer the run trained with.
+        own = (Path(path) / "tokenizer_config.json").is_file()
+        self.tokenizers[name] = _tokenizer(Path(path)) if own else self.base_tokenizer
+
+    def unload_adapter(self, name: str) -> None:
+        if self.tokenizers.pop(name, None) is None:
+            return
+        self.model.delete_adapter(name)
+        if not self.tokenizers:  # PEFT cannot generate with no adapter left: back to the plain base
+            self.model = self.model.unload()
+
+    def select(self, adapter: str | None) -> tuple[Any, Any, contextlib.AbstractContextManager[Any]]:
+        """The model, tokenizer and a context that makes `adapter` (None: no adapter) the one applied."""
+        if adapter is None:
+            off = self.model.disable_adapter() if self.tokenizers else contextlib.nullcontext()
+            return self.model, self.base_tokenizer, off
+        if adapter not in self.tokenizers:
+            raise KeyError(f"no adapter {adapter!r} is loaded")
+        self.model.set_adapter(adapter)
+        return self.model, self.tokenizers[adapter], contextlib.nullcontext()
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
 
     from tunehouse.trainer.chat_template import has_chat_template, install_chatml
 
-    base = Path(spec["base_path"])
-    if spec.get("base_model") == "tunehouse-tiny" and not (base / "config.json").is_file():
-        from tunehouse.trainer.tiny import build_tiny_model
-
-        build_tiny_model(base)
-    weights, kind = spec.get("weights_path"), spec.get("weights_kind", "base")
-    source = Path(weights) if kind == "full" and weights else base
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    if kind == "lora_adapter" and weights:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, weights)
-    model.eval()
-    # The adapter's directory holds the tokenizer the run trained with.
-    tok_dir = Path(weights) if weights and (Path(weights) / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if not has_chat_template(tokenizer):
         install_chatml(tokenizer)
-    return model, tokenizer
+    return tokenizer
 
 
 def prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
@@ -160,10 +198,26 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def handle(loaded: Loaded, request: dict[str, Any], send: Any) -> None:
+    op = request.get("op", "generate")
+    if op == "load_adapter":
+        loaded.load_adapter(str(request["name"]), str(request["path"]))
+        send({"type": "ok"})
+    elif op == "unload_adapter":
+        loaded.unload_adapter(str(request["name"]))
+        send({"type": "ok"})
+    elif op == "generate":
+        model, tokenizer, context = loaded.select(request.get("adapter"))
+        with context:
+            serve_request(model, tokenizer, request, send)
+    else:
+        raise ValueError(f"unknown op {op!r}")
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     torch.set_num_threads(max(1, int(spec.get("threads") or 1)))
-    model, tokenizer = load(spec)
+    loaded = Loaded(spec)
     path = spec["socket"]
     if os.path.exists(path):
         os.unlink(path)
@@ -187,7 +241,7 @@ def main(spec_path: str) -> None:
                 line = reader.readline()
                 if not line:
                     continue
-                serve_request(model, tokenizer, json.loads(line), send)
+                handle(loaded, json.loads(line), send)
             except _Abort:
                 continue
             except Exception as exc:  # one bad request must not take the engine down
