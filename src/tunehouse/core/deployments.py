@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
@@ -196,3 +196,16 @@ def deployment_for_model(s: Session, account_id: int, target: ServingTarget) -> 
     if dep is None:
         dep = create_deployment(s, account_id, target, endpoint=target.model_name)
     return dep
+
+
+def get_deployment_by_key(s: Session, account_id: int, key: str) -> Deployment:
+    """The account's own deployment by its key; another account's is not found."""
+    dep = s.scalar(select(Deployment).where(Deployment.account_id == account_id, Deployment.key == key))
+    if dep is None:
+        raise NotFound("deployment", key)
+    return dep
+
+
+def deployments_query(account_id: int) -> Select[tuple[Deployment]]:
+    """The account's deployments, for paging."""
+    return select(Deployment).where(Deployment.account_id == account_id)

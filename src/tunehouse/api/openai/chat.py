@@ -7,6 +7,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -117,11 +118,18 @@ def _usage(u: Usage) -> dict[str, int]:
     }
 
 
-@router.post("/chat/completions")
-async def chat_completions(
-    request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(openai_caller)
-) -> Response:
-    body = await json_object(request)
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request in OpenAI's shape, checked (shared by every OpenAI-shaped route)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(body: dict[str, Any] | None) -> ChatRequest:
     if body is None:
         raise OpenAIError(400, "The body must be a JSON object.")
     model = body.get("model")
@@ -132,29 +140,44 @@ async def chat_completions(
     stream = body.get("stream") is True
     opts = body.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+    return ChatRequest(model, messages, params, stream, include_usage)
+
+
+def undeploying(model: str) -> OpenAIError:
+    return OpenAIError(503, f"The model '{model}' is being undeployed; try again.", type_="server_error")
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    request: Request, ctx: AppContext = Depends(get_ctx), caller: Caller = Depends(openai_caller)
+) -> Response:
+    chat = parse_chat(await json_object(request))
 
     def deployment() -> str:
         with ctx.db.session() as s:
-            target = resolve_target(s, caller, model)
+            target = resolve_target(s, caller, chat.model)
             dep = dep_svc.deployment_for_model(s, caller.account_id, target)
             if dep.status == DeploymentStatus.DELETING:
-                raise OpenAIError(
-                    503, f"The model '{model}' is being undeployed; try again.", type_="server_error"
-                )
+                raise undeploying(chat.model)
             return dep.key
 
     key = await run_in_threadpool(deployment)
-    supervisor: Supervisor = request.app.state.supervisor
+    return await complete(request.app.state.supervisor, key, chat)
+
+
+async def complete(supervisor: Supervisor, key: str, chat: ChatRequest) -> Response:
+    """The deployment's answer as a chat.completion, or its chunks as SSE when the request streams."""
     try:
         await supervisor.ensure(key)  # the first call waits for the engine to load
     except EngineError as exc:
         raise _engine_failed(exc) from None
+    model, params = chat.model, chat.params
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    events = supervisor.generate(key, messages, params)
-    if stream:
+    events = supervisor.generate(key, chat.messages, params)
+    if chat.stream:
         return StreamingResponse(
-            _sse(events, cid, created, model, params.n, include_usage),
+            _sse(events, cid, created, model, params.n, chat.include_usage),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
