@@ -34,14 +34,14 @@ from tunehouse.api.qianfan.services import CHAT_PATH
 from tunehouse.core import credential_cache
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import DeploymentStatus
-from tunehouse.core.errors import NotFound
+from tunehouse.core.errors import NotFound, QuotaExceeded
 from tunehouse.serving.engine import ChoiceEnd, Delta, EngineError, GenerationParams, Usage
 
 router = APIRouter()
 v2_router = APIRouter(route_class=OpenAIRoute)  # V2 chat errors are {"error": {code, message}}
 
 # Qianfan's own error codes (qianfan/consts.py APIErrorCode).
-INTERNAL, INVALID_PARAM, NO_SUCH_API, TRY_LATER = 336000, 336003, 336005, 336100
+INTERNAL, INVALID_PARAM, NO_SUCH_API, TRY_LATER, QPS_LIMIT = 336000, 336003, 336005, 336100, 18
 ROLES = ("user", "assistant")
 MAX_STOPS = 4
 TOKEN_TTL = (1, 30 * 86400)  # seconds a bearer token may be asked to live
@@ -146,6 +146,8 @@ async def chat_v1(endpoint: str, request: Request) -> Response:
         return qianfan_v1_error(INTERNAL, f"the service could not be started: {exc}")
     except (ChatFailure, NotFound) as exc:
         return _v1_failure(exc)
+    except QuotaExceeded as exc:  # e.g. a base model's first use would pass the account's deployment limit
+        return qianfan_v1_error(QPS_LIMIT, exc.message)
     events = request.app.state.supervisor.generate(key, messages, params)
     cid, created = "as-" + secrets.token_hex(8), int(time.time())
     if stream:
