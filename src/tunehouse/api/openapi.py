@@ -142,7 +142,8 @@ _COMPONENT_BODIES = [*_V2_BODIES, *_V2_MODEL_BODIES, *_V2_SERVICE_BODIES]
 def _v2_actions(actions: dict[str, Any], bodies: list[Any]) -> Schema:
     return {
         "parameters": [_query("Action", {"type": "string", "enum": list(actions)}, required=True)],
-        "requestBody": _json({"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in bodies]}),
+        # anyOf: bodies whose fields are all optional overlap, and each Action reads only its own fields.
+        "requestBody": _json({"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in bodies]}),
     }
 
 
