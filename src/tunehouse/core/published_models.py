@@ -5,6 +5,8 @@ is ready at once. The first version of a set gives the set its key.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
@@ -101,7 +103,7 @@ def target_of(s: Session, account_id: int, pm: PublishedModel, name: str) -> Ser
     if run.output_name:
         if pm.step is None:
             found = dep_svc.resolve_model_target(s, account_id, run.output_name)
-            target = None if found is None else ServingTarget(**{**found.__dict__, "model_name": name})
+            target = None if found is None else replace(found, model_name=name)
         else:
             target = dep_svc.resolve_checkpoint_target(s, account_id, name, run.output_name, pm.step)
     if target is None:

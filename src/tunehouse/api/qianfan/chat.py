@@ -237,7 +237,7 @@ async def _frames(events: AsyncIterator[Any], cid: str, created: int) -> AsyncIt
 
 
 @router.get("/v1/BCE-BEARER/token")
-async def bearer_token(request: Request) -> JSONResponse:
+async def issue_bearer_token(request: Request) -> JSONResponse:
     ctx = ctx_of(request)
     account = await qianfan_account(request, ctx)
     rid = request_id()
