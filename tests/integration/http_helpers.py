@@ -13,13 +13,15 @@ import httpx
 from tests.conftest import LiveServer
 
 
-def bce_headers(server: LiveServer, keys: dict[str, str], path: str, query: dict[str, str]) -> dict[str, str]:
+def bce_headers(
+    server: LiveServer, keys: dict[str, str], path: str, query: dict[str, str], method: str = "POST"
+) -> dict[str, str]:
     """The headers the qianfan SDK sends for a console request to `path`, signed by its own signer."""
     from qianfan.resources.auth.iam import iam_sign
     from qianfan.resources.typing import QfRequest
 
     req = QfRequest(
-        method="POST",
+        method=method,
         url=path,
         query=dict(query),
         headers={"Content-Type": "application/json", "Host": f"127.0.0.1:{server.port}"},

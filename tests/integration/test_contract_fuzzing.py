@@ -72,11 +72,19 @@ CHECKS = [
 ]
 
 
+# Qianfan's BCE-signed paths; its V2 chat (`/v2/chat/…`) takes a bearer token instead.
+BCE_SIGNED = ("/v2/", "/wenxinworkshop/", "/rpc/2.0/ai_custom/", "/v1/BCE-BEARER/")
+
+
+def bce_signed(path: str) -> bool:
+    return path.startswith(BCE_SIGNED) and not path.startswith("/v2/chat/")
+
+
 def auth_headers(case: schemathesis.Case, server: LiveServer, keys: dict[str, str]) -> dict[str, str]:
     path = case.formatted_path
-    if path.startswith(("/v2", "/wenxinworkshop")):
+    if bce_signed(path):
         query = {k: str(v) for k, v in (case.query or {}).items() if not isinstance(v, list)}
-        return bce_headers(server, keys, path, query)
+        return bce_headers(server, keys, path, query, case.method.upper())
     return {"Authorization": f"Bearer {keys['api_key']}"}
 
 
@@ -110,7 +118,7 @@ def test_the_document_describes_bodies_queries_and_each_dialects_auth(fuzz_serve
     ops = {(m, p): o for p, item in doc["paths"].items() for m, o in item.items()}
     assert all("422" not in o["responses"] for o in ops.values())  # never sent: each dialect answers 400
     for (method, path), op in ops.items():
-        scheme = "bce" if path.startswith(("/v2", "/wenxinworkshop")) else "bearer"
+        scheme = "bce" if bce_signed(path) else "bearer"
         assert op["security"] == [{scheme: []}], (method, path)
         if method == "post" and not path.endswith(("/cancel", "/pause", "/resume", "/permissions")):
             assert "requestBody" in op, (method, path)

@@ -33,7 +33,10 @@ from tunehouse.api.openai import fine_tuning as openai_fine_tuning
 from tunehouse.api.openai import models as openai_models
 from tunehouse.api.openapi import build_openapi
 from tunehouse.api.polling import PollingLane
+from tunehouse.api.qianfan import chat as qianfan_chat
 from tunehouse.api.qianfan import errors as qianfan_errors
+from tunehouse.api.qianfan import publishing as qianfan_publishing
+from tunehouse.api.qianfan import services as qianfan_services
 from tunehouse.api.qianfan import v1 as qianfan_v1
 from tunehouse.api.qianfan import v2 as qianfan_v2
 from tunehouse.api.qianfan.signing import AuthFailure
@@ -107,6 +110,10 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
     app.add_middleware(RequestMetrics)  # outermost: it counts what the edge refuses too
     app.include_router(qianfan_v2.router)
     app.include_router(qianfan_v1.router)
+    app.include_router(qianfan_publishing.router)
+    app.include_router(qianfan_services.router)
+    app.include_router(qianfan_chat.router)
+    app.include_router(qianfan_chat.v2_router)
     app.include_router(openai_files.router)
     app.include_router(openai_fine_tuning.router)
     app.include_router(openai_models.router)

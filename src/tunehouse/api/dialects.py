@@ -25,6 +25,9 @@ class Dialect(StrEnum):
 
 _PREFIXES = (
     ("/wenxinworkshop", Dialect.QIANFAN_V1),
+    ("/rpc/2.0/ai_custom", Dialect.QIANFAN_V1),  # V1 chat: errors as error_code in a 200
+    ("/v2/chat", Dialect.OPENAI),  # V2 chat answers in OpenAI's shape, errors included
+    ("/v1/BCE-BEARER", Dialect.QIANFAN_V2),  # Qianfan's IAM token call, BCE-signed
     ("/v2", Dialect.QIANFAN_V2),
     ("/api/v1", Dialect.DASHSCOPE),
     ("/v1", Dialect.OPENAI),

@@ -47,7 +47,7 @@ LATENCY = Histogram(
 
 
 def dialect_of(path: str) -> str:
-    if path.startswith(("/v2/", "/wenxinworkshop/")):
+    if path.startswith(("/v2/", "/wenxinworkshop/", "/rpc/2.0/ai_custom/", "/v1/BCE-BEARER/")):
         return "qianfan"
     if path.startswith(("/api/v1/", "/compatible-mode/")):
         return "dashscope"

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from tunehouse.api.dialects import Dialect, dialect_of
+from tunehouse.api.qianfan import publishing as qianfan_publishing
+from tunehouse.api.qianfan import services as qianfan_services
 from tunehouse.api.qianfan import v1 as qianfan_v1
 from tunehouse.api.qianfan import v2 as qianfan_v2
 
@@ -127,6 +129,23 @@ _V2_BODIES = [
     qianfan_v2.TaskIdBody,
     qianfan_v2.JobIdBody,
 ]
+
+_V2_MODEL_BODIES = [qianfan_publishing.ModelSetBody, qianfan_v2.PageBody, qianfan_publishing.ModelBody]
+_V2_SERVICE_BODIES = [
+    qianfan_services.CreateServiceBody,
+    qianfan_services.ServiceIdBody,
+    qianfan_services.ListServicesBody,
+]
+_COMPONENT_BODIES = [*_V2_BODIES, *_V2_MODEL_BODIES, *_V2_SERVICE_BODIES]
+
+
+def _v2_actions(actions: dict[str, Any], bodies: list[Any]) -> Schema:
+    return {
+        "parameters": [_query("Action", {"type": "string", "enum": list(actions)}, required=True)],
+        # anyOf: bodies whose fields are all optional overlap, and each Action reads only its own fields.
+        "requestBody": _json({"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in bodies]}),
+    }
+
 
 OPENAI_CREATE_JOB = _obj(
     {
@@ -254,7 +273,68 @@ _OPENAI_CHAT_EXTRA: Schema = {
     },
 }
 
+QIANFAN_V1_CHAT: Schema = _obj(
+    {
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": _obj(
+                {"role": {"type": "string", "enum": ["user", "assistant"]}, "content": STR},
+                ["role", "content"],
+            ),
+        },
+        "system": STR,
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "stop": {"type": "array", "items": STR, "maxItems": 4},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "user_id": STR,
+        "penalty_score": {"type": "number"},
+    },
+    ["messages"],
+)
+_CHAT_200 = {
+    "description": "A completion, or with `stream: true` server-sent chunks",
+    "content": {"application/json": {"schema": OBJ}, "text/event-stream": {"schema": STR}},
+}
+
 _EXTRA: dict[tuple[str, str], Schema] = {
+    ("post", "/v2/model"): _v2_actions(qianfan_publishing.ACTIONS, _V2_MODEL_BODIES),
+    ("post", "/v2/service"): _v2_actions(qianfan_services.ACTIONS, _V2_SERVICE_BODIES),
+    ("post", "/wenxinworkshop/modelrepo/publishTrainModel"): {
+        "requestBody": _json(qianfan_publishing.PublishBody.model_json_schema())
+    },
+    ("post", "/wenxinworkshop/modelrepo/modelVersionDetail"): {
+        "requestBody": _json(qianfan_publishing.VersionBody.model_json_schema())
+    },
+    ("post", "/wenxinworkshop/service/list"): {"requestBody": _json(OBJ, required=False)},
+    ("post", "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/{endpoint}"): {
+        "requestBody": _json(QIANFAN_V1_CHAT),
+        "responses": {
+            "200": {
+                "description": "A result, an application error, or with `stream: true` result frames",
+                "content": {
+                    "application/json": {"schema": _V1_OK},
+                    "text/event-stream": {"schema": STR},
+                },
+            }
+        },
+    },
+    ("get", "/v1/BCE-BEARER/token"): {
+        "parameters": [_query("expireInSeconds", {"type": "integer", "minimum": 1, "maximum": 30 * 86400})]
+    },
+    ("post", "/v2/chat/completions"): {
+        "requestBody": _json(OPENAI_CHAT),
+        "responses": {
+            "200": _CHAT_200,
+            "503": {
+                "description": "The service is being deleted; retry",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
+            },
+        },
+    },
     ("post", "/v2/finetuning"): {
         "parameters": [_query("Action", {"type": "string", "enum": list(qianfan_v2.ACTIONS)}, required=True)],
         "requestBody": _json({"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in _V2_BODIES]}),
@@ -358,7 +438,7 @@ def build_openapi(app: FastAPI) -> Schema:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    for model in _V2_BODIES:
+    for model in _COMPONENT_BODIES:
         schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schemas[model.__name__].pop("$defs", {}))
     for dialect, name in _ERROR_NAMES.items():
@@ -384,7 +464,7 @@ def _complete(op: Schema, method: str, path: str, dialect: Dialect) -> None:
         op["security"] = [{"bce": []}]
     elif dialect in (Dialect.OPENAI, Dialect.DASHSCOPE):
         op["security"] = [{"bearer": []}]
-    if dialect is Dialect.QIANFAN_V1:
+    if dialect is Dialect.QIANFAN_V1 and "200" not in extra.get("responses", {}):
         responses["200"] = {
             "description": "A result, or an application error",
             "content": {"application/json": {"schema": _V1_OK}},

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from tunehouse.core.clock import utcnow
@@ -280,8 +280,6 @@ def scale_deployment(s: Session, dep: Deployment, capacity: int) -> int:
 
 
 def count_deployments(s: Session, account_id: int) -> int:
-    from sqlalchemy import func  # local: this block was appended without touching the module's imports
-
     return int(s.scalar(select(func.count()).where(Deployment.account_id == account_id)) or 0)
 
 
@@ -295,3 +293,14 @@ def page_deployments(s: Session, account_id: int, offset: int, limit: int) -> li
             .limit(limit)
         )
     )
+def get_deployment_by_key(s: Session, account_id: int, key: str) -> Deployment:
+    """The account's own deployment by its key; another account's is not found."""
+    dep = s.scalar(select(Deployment).where(Deployment.account_id == account_id, Deployment.key == key))
+    if dep is None:
+        raise NotFound("deployment", key)
+    return dep
+
+
+def deployments_query(account_id: int) -> Select[tuple[Deployment]]:
+    """The account's deployments, for paging."""
+    return select(Deployment).where(Deployment.account_id == account_id)

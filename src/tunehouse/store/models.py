@@ -222,3 +222,18 @@ class Deployment(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class PublishedModel(Base):
+    """A trained run's output (or one checkpoint of it) published as a version of a named model set, as
+    Qianfan publishes a task's model before it can be served. Versions of one set share `set_key`."""
+
+    __tablename__ = "published_models"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(16), unique=True)
+    set_key: Mapped[str] = mapped_column(String(16), index=True)
+    set_name: Mapped[str] = mapped_column(String(128))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: the run's final output
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())

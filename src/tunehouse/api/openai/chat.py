@@ -7,6 +7,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,6 +24,7 @@ from tunehouse.api.serving import gather, supervisor_of
 from tunehouse.core import deployments as dep_svc
 from tunehouse.core.deployments import DeploymentStatus
 from tunehouse.serving.engine import ChoiceEnd, Delta, EngineError, GenerationParams, Usage
+from tunehouse.serving.supervisor import Supervisor
 from tunehouse.store.models import Deployment
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
@@ -119,6 +121,35 @@ def _usage(u: Usage) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request in OpenAI's shape, checked (shared by every OpenAI-shaped route)."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat(body: dict[str, Any] | None) -> ChatRequest:
+    if body is None:
+        raise OpenAIError(400, "The body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise OpenAIError(400, "'model' is required.", param="model")
+    messages = _messages(body)
+    params = parse_params(body)
+    stream = body.get("stream") is True
+    opts = body.get("stream_options")
+    include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+    return ChatRequest(model, messages, params, stream, include_usage)
+
+
+def undeploying(model: str) -> OpenAIError:
+    return OpenAIError(503, f"The model '{model}' is being undeployed; try again.", type_="server_error")
+
+
 def openai_deployment(s: Session, caller: Caller, model: str) -> Deployment:
     """OpenAI has no deploy step: a base model, fine-tuned model or checkpoint is deployed on first use."""
     return dep_svc.deployment_for_model(s, caller.account_id, resolve_target(s, caller, model))
@@ -139,39 +170,32 @@ async def answer_chat(
 ) -> Response:
     """A chat completion in OpenAI's shape from the deployment `find` names for the body's model (raising
     an OpenAIError when there is none); OpenAI's own route and DashScope's compatible mode both answer so."""
-    body = await json_object(request)
-    if body is None:
-        raise OpenAIError(400, "The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise OpenAIError(400, "'model' is required.", param="model")
-    messages = _messages(body)
-    params = parse_params(body)
-    stream = body.get("stream") is True
-    opts = body.get("stream_options")
-    include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+    chat = parse_chat(await json_object(request))
 
     def deployment() -> str:
         with ctx.db.session() as s:
-            dep = find(s, caller, model)
+            dep = find(s, caller, chat.model)
             if dep.status == DeploymentStatus.DELETING:
-                raise OpenAIError(
-                    503, f"The model '{model}' is being undeployed; try again.", type_="server_error"
-                )
+                raise undeploying(chat.model)
             return dep.key
 
     key = await run_in_threadpool(deployment)
-    supervisor = supervisor_of(request)
+    return await complete(supervisor_of(request), key, chat)
+
+
+async def complete(supervisor: Supervisor, key: str, chat: ChatRequest) -> Response:
+    """The deployment's answer as a chat.completion, or its chunks as SSE when the request streams."""
     try:
         await supervisor.ensure(key)  # the first call waits for the engine to load
     except EngineError as exc:
         raise _engine_failed(exc) from None
+    model, params = chat.model, chat.params
     cid = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    events = supervisor.generate(key, messages, params)
-    if stream:
+    events = supervisor.generate(key, chat.messages, params)
+    if chat.stream:
         return StreamingResponse(
-            _sse(events, cid, created, model, params.n, include_usage),
+            _sse(events, cid, created, model, params.n, chat.include_usage),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )

@@ -6,8 +6,9 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from tunehouse.api.context import AppContext, get_ctx
+from tunehouse.api.deps import bearer_hit, bearer_token
 from tunehouse.api.edge import ORIGINAL_PATH
-from tunehouse.api.qianfan import signing
+from tunehouse.api.qianfan import bearer, signing
 from tunehouse.api.rate_limit import count_request
 from tunehouse.core import credential_cache
 
@@ -38,3 +39,27 @@ async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) 
     assert hit is not None  # verify() refuses an unknown access key
     count_request(request, hit.account_id)
     return hit.account_id
+
+
+async def bearer_account(request: Request, ctx: AppContext) -> int | None:
+    """The account behind `Authorization: Bearer` on Qianfan V2 chat: a token from /v1/BCE-BEARER/token, or
+    an API key (as Qianfan's V2 also takes its API keys there). None when neither is valid."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    if bearer.is_bearer_token(token):
+        ak = bearer.access_key_of(token)
+        cache = credential_cache.shared()
+        hit = cache.cached_signing(ak) if ak else None
+        if hit is None and ak:
+            hit = await run_in_threadpool(cache.signing_lookup, ctx.db, ctx.box, ak)
+        if hit is None or bearer.verify(token, lambda _: hit.secret_key) is None:
+            return None
+        account = hit.account_id
+    else:
+        key_hit = await bearer_hit(ctx, token)
+        if key_hit is None:
+            return None
+        account = key_hit.account_id
+    count_request(request, account)
+    return account

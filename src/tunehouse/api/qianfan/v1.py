@@ -198,7 +198,9 @@ def _call(
     return JSONResponse({"log_id": str(utcnow().timestamp()).replace(".", ""), "result": result})
 
 
-def _endpoint(handler: Callable[[Session, AppContext, int, dict[str, Any]], Any]) -> Callable[..., Any]:
+def v1_endpoint(handler: Callable[[Session, AppContext, int, dict[str, Any]], Any]) -> Callable[..., Any]:
+    """A signed V1 console route over `handler`, answered in V1's envelope."""
+
     async def endpoint(
         request: Request, ctx: AppContext = Depends(get_ctx), account: int = Depends(qianfan_account)
     ) -> JSONResponse:
@@ -216,4 +218,4 @@ for _path, _handler in (
     ("jobDetail", job_detail),
     ("stopJob", stop_job),
 ):
-    router.add_api_route(f"/{_path}", _endpoint(_handler), methods=["POST"], name=f"qianfan_v1_{_path}")
+    router.add_api_route(f"/{_path}", v1_endpoint(_handler), methods=["POST"], name=f"qianfan_v1_{_path}")

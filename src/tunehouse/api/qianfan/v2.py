@@ -115,7 +115,7 @@ class JobIdBody(_Body):
 # ---- rendering -------------------------------------------------------------------------------------
 
 
-def _page_info(page: Page[Any], prefix: str) -> dict[str, Any]:
+def page_info(page: Page[Any], prefix: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "marker": prefix + page.marker if page.marker else "",
         "maxKeys": page.max_keys,
@@ -220,7 +220,7 @@ def describe_jobs(s: Session, ctx: AppContext, account: int, body: dict[str, Any
     mode = enum_in(TRAIN_MODE_IN, mode_name, "trainMode") if mode_name else None
     marker = (strip_prefix(b.marker, JOB) or b.marker) if b.marker else ""
     page = marker_page(s, job_svc.jobs_query(account, mode, b.model), Job, marker, b.maxKeys, b.pageReverse)
-    return {"jobList": [render_job(j) for j in page.items], "pageInfo": _page_info(page, JOB)}
+    return {"jobList": [render_job(j) for j in page.items], "pageInfo": page_info(page, JOB)}
 
 
 def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
@@ -292,7 +292,7 @@ def describe_tasks(s: Session, ctx: AppContext, account: int, body: dict[str, An
     page = marker_page(s, run_svc.runs_query(account, job.id), Run, marker, b.maxKeys, b.pageReverse)
     return {
         "taskList": [render_task(s, view_of(s, r, count=False), ctx.settings.public_url) for r in page.items],
-        "pageInfo": _page_info(page, TASK),
+        "pageInfo": page_info(page, TASK),
     }
 
 
@@ -378,17 +378,24 @@ async def v2_finetuning(request: Request) -> JSONResponse:
 
 
 async def v2_action(request: Request) -> JSONResponse:
+    return await dispatch(request, ACTIONS, READ_ONLY)
+
+
+async def dispatch(
+    request: Request, actions: dict[str, Handler], read_only: frozenset[Callable[..., Any]] = frozenset()
+) -> JSONResponse:
+    """A V2 console call (`POST <path>?Action=…`): signed, routed by Action, answered in V2's envelope."""
     ctx = ctx_of(request)
     account = await qianfan_account(request, ctx)
     rid = request_id()
     action = request.query_params.get("Action", "")
-    handler = ACTIONS.get(action)
+    handler = actions.get(action)
     if handler is None:
         return qianfan_v2_error(400, "InvalidAction", f"unknown Action {action!r}", req_id=rid)
     body = await json_object(request, empty={})
     if body is None:
         return qianfan_v2_error(400, "MalformedJSON", "the body must be a JSON object", req_id=rid)
-    if handler in READ_ONLY:
+    if handler in read_only:
         return await quick_read(ctx, lambda conn: _answer(rid, lambda: handler(conn, ctx, account, body)))
     return await run_in_threadpool(_answer, rid, lambda: _in_session(ctx, handler, account, body))
 
