@@ -4,8 +4,8 @@ stream in, read the base model's answer beside it, delete it; limits and tenancy
 
 from __future__ import annotations
 
-import json
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import LiveServer
 from tests.e2e.conftest import CHAT_ROWS, ConsoleClient, jsonl, sign_in
+from tests.integration.conftest import wait_for
 from tests.integration.test_deployments_cli import engine_processes
 
 BASE = "tunehouse-tiny"
@@ -61,7 +62,8 @@ def deployment_row(page: Any, name: str) -> Any:
 def wait_running(page: Any, name: str) -> None:
     """Reloads the server-rendered list until the engine has loaded (a deployment loads in the background)."""
     page.goto("/console/deployments")
-    for _ in range(240):
+    deadline = time.monotonic() + 600  # an engine loads in seconds; generous for a loaded machine
+    while time.monotonic() < deadline:
         status = deployment_row(page, name).locator("[data-status]").get_attribute("data-status")
         if status == "RUNNING":
             return
@@ -160,19 +162,13 @@ def test_stop_frees_the_engine_and_start_loads_it_again(
 ) -> None:
     page = new_page()
     sign_in(page, alice["api_key"])
-    key = deployment_key(server, "alice", deployed)
     page.goto("/console/deployments")
     page.get_by_role("button", name=f"Stop {deployed}", exact=True).click()
     expect(deployment_row(page, deployed).locator("[data-status]")).to_have_text("STOPPED")
     expect(deployment_row(page, deployed).locator(".dep-memory")).to_have_text("—")
-    assert not engine_processes(key)
+    wait_for(lambda: not engine_processes(server.home))  # no other deployment shares it
     page.get_by_role("button", name=f"Start {deployed}", exact=True).click()
     wait_running(page, deployed)
-
-
-def deployment_key(server: LiveServer, account: str, endpoint: str) -> str:
-    rows = json.loads(server.cli("deployments", "list", "--json"))
-    return str(next(r["deployment"] for r in rows if r["account"] == account and r["endpoint"] == endpoint))
 
 
 def test_another_account_neither_sees_nor_calls_alices_deployment(
@@ -224,14 +220,13 @@ def test_at_the_deployment_limit_the_console_refuses_another_deploy_with_the_rea
 def test_deleting_a_deployment_removes_it_and_frees_its_engine(
     new_page: Callable[[], Any], server: LiveServer, alice: dict, deployed: str
 ) -> None:
-    key = deployment_key(server, "alice", deployed)
     page = new_page()
     sign_in(page, alice["api_key"])
     page.goto("/console/deployments")
     page.get_by_role("button", name=f"Delete {deployed}", exact=True).click()
     expect(page).to_have_url(re.compile(r"/console/deployments$"))
     expect(deployment_row(page, deployed)).to_have_count(0)
-    assert not engine_processes(key)
+    wait_for(lambda: not engine_processes(server.home))  # no other deployment shares it
     # The model itself stays: the playground can deploy it again.
     sdk = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {alice['api_key']}"})
     assert deployed in [m["id"] for m in sdk.json()["data"]]

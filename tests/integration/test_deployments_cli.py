@@ -27,8 +27,9 @@ GREEDY = {"temperature": 0, "max_tokens": 8}
 LEARN_FAST = {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10}
 
 
-def engine_processes(key: str) -> list[int]:
-    """Pids of engine workers loaded for the deployment `key` (their spec file lies in its folder)."""
+def engine_processes(home: Path) -> list[int]:
+    """Pids of the engine workers a server with this home started (their spec files lie under it). Engines
+    are shared per base model: one ends when the last deployment it serves goes."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -37,7 +38,7 @@ def engine_processes(key: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "tunehouse.serving.worker" in cmdline and f"/{key}/engine.json" in cmdline:
+        if "tunehouse.serving.worker" in cmdline and f"{home}/" in cmdline:
             pids.append(int(proc.name))
     return pids
 
@@ -140,11 +141,11 @@ def test_delete_of_a_running_deployment_frees_its_engine_and_keeps_the_model(
 ) -> None:
     greedy(client, fine_tuned)  # deployed on first use
     [row] = [r for r in deployments(server, "dep-ann") if r["endpoint"] == fine_tuned]
-    assert row["status"] == "RUNNING" and engine_processes(row["deployment"])
+    assert row["status"] == "RUNNING" and engine_processes(server.home)  # the only deployment now
     gone = json.loads(server.cli("deployments", "delete", fine_tuned, "--json"))
     assert (gone["deployment"], gone["status"]) == (row["deployment"], "DELETED")
     assert fine_tuned not in [r["endpoint"] for r in deployments(server, "dep-ann")]
-    wait_for(lambda: not engine_processes(row["deployment"]))
+    wait_for(lambda: not engine_processes(server.home))
     assert fine_tuned in [m.id for m in client.models.list()]
 
 
