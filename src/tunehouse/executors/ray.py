@@ -445,18 +445,20 @@ class RayExecutor:
         from ray.util.state import list_actors
 
         plan = handle["workers"]
+        if not info.job_id:
+            return None  # the driver has not connected yet: it has no workers
         try:
             actors = list_actors(
                 address=self.address,
-                filters=[("job_id", "=", info.job_id), ("state", "=", "ALIVE")],
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                 timeout=30,
                 raise_on_missing_output=False,
             )
             ips = {n["node_id"]: n["node_ip"] for n in self._nodes()}
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # the state API's own errors too: placement is asked again next tick
             log.warning("listing the Ray Train workers of %s failed: %s", info.submission_id, exc)
             return None
-        nodes = sorted(a.node_id for a in actors if "RayTrainWorker" in (a.class_name or ""))
+        nodes = sorted(str(a.node_id) for a in actors if a.job_id == info.job_id and a.node_id)
         if len(nodes) < int(plan["count"]):
             return None  # not all placed yet: asked again next tick
         return {

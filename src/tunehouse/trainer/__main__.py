@@ -110,6 +110,8 @@ def _fallback_writer(spec_path: Path) -> EventWriter:
 
 # Set by an executor that does not choose the devices itself (Ray): the trainer says which ones it got.
 REPORT_DEVICES_ENV = "TUNEHOUSE_REPORT_DEVICES"
+# Set by the Ray Train driver's workers (tunehouse.trainer.ray_train): every rank's Ray node, by rank.
+WORKER_NODES_ENV = "TUNEHOUSE_WORKER_NODES"
 
 
 def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
@@ -123,6 +125,9 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     if os.environ.get(REPORT_DEVICES_ENV) == "1":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
         events.log(f"devices: GPUs {visible} (CUDA_VISIBLE_DEVICES)" if visible else "devices: CPU only")
+    if os.environ.get(WORKER_NODES_ENV):
+        ranks = json.loads(os.environ[WORKER_NODES_ENV])
+        events.log("workers on Ray nodes: " + ", ".join(f"rank {r} on {n}" for r, n in enumerate(ranks)))
     if not spec.model_path.is_dir():
         return _fail(events, f"model_path {spec.model_path} is not a directory", "runtime", EXIT_FAILED)
     # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.

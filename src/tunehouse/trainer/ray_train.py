@@ -34,9 +34,20 @@ class TrainerExit(RuntimeError):
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """One rank: the trainer's own entry point, with the spec's location."""
-    from tunehouse.trainer.__main__ import main
+    """One rank: the trainer's own entry point, with the spec's location. Rank 0 first learns every
+    worker's node, for the run's events."""
+    import json
+    import os
 
+    import ray
+    import torch.distributed as dist
+
+    from tunehouse.trainer.__main__ import WORKER_NODES_ENV, main
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, here)
+    os.environ[WORKER_NODES_ENV] = json.dumps(nodes)
     code = main([str(config["spec"])])
     if code != 0:
         raise TrainerExit(code)
