@@ -325,7 +325,8 @@ def train_losses(client: OpenAI, job_id: str) -> dict[int, float]:
 def test_a_two_worker_run_spans_both_nodes_and_trains_as_one_process_over_the_same_batch(
     stack: Stack, chat_file: str, finetune: Any
 ) -> None:
-    hp = {"epoch": 2, "batchSize": 4, "learningRate": 0.003}
+    # No LoRA dropout: its masks would differ with the split of the batch over the workers.
+    hp = {"epoch": 2, "batchSize": 4, "learningRate": 0.003, "loraDropout": 0.0}
     spread = qianfan_task(finetune, chat_file, {"gpus": 2}, hp)
     single = qianfan_task(finetune, chat_file, {}, hp)
     client = stack.client(strict=False)
@@ -352,7 +353,7 @@ def test_a_two_worker_run_spans_both_nodes_and_trains_as_one_process_over_the_sa
     print(f"losses two workers: {spread_losses}\nlosses one process: {single_losses}")
     assert spread_losses.keys() == single_losses.keys() and len(spread_losses) >= 4
     for step, loss in single_losses.items():
-        assert spread_losses[step] == pytest.approx(loss, rel=1e-3, abs=1e-4), step
+        assert spread_losses[step] == pytest.approx(loss, rel=1e-4), step
 
 
 # ---- Ray with the artifacts in S3 (SeaweedFS in the same namespace) --------------------------------

@@ -308,3 +308,8 @@ def test_a_run_in_the_store_reads_its_spec_and_its_stop_request_there(tmp_path: 
     assert str(cluster.last["entrypoint"]).endswith(f" {store}/spec.json")
     executor.stop(handle)
     assert (store / "stop.request").is_file() and not (scratch / "stop.request").exists()
+
+
+def test_the_placement_setting_leaves_the_executor_its_placement_answer() -> None:
+    executor = RayExecutor("http://127.0.0.1:1", placement="spread")
+    assert callable(executor.placement) and executor.placement({"submission_id": "k3y"}) is None

@@ -218,7 +218,7 @@ class RayExecutor:
         self.address = address
         self.python = python or sys.executable
         self.cpu_ranks = cpu_ranks
-        self.placement = placement
+        self.worker_placement = placement
         self._seen_nodes: tuple[float, list[dict[str, Any]]] | None = None
         self._client: Any = None
         self._unreachable_since: dict[str, float] = {}
@@ -269,7 +269,7 @@ class RayExecutor:
         nodes = self._nodes()
         request = decide_request(resources, nodes)
         spec = load_spec(spec_path)
-        workers = plan_workers(spec.gpus, request, nodes, self.placement) if spec.gpus > 1 else None
+        workers = plan_workers(spec.gpus, request, nodes, self.worker_placement) if spec.gpus > 1 else None
         handle: dict[str, Any] = {
             "submission_id": sid,
             "ray_address": self.address,
@@ -397,7 +397,7 @@ class RayExecutor:
             return None
         request = decide_request(resources, nodes)
         if workers > 1:
-            plan = plan_workers(workers, request, nodes, self.placement)
+            plan = plan_workers(workers, request, nodes, self.worker_placement)
             return workers_unplaceable(plan, nodes, self.cpu_ranks, self.address)
         return cluster_refusal(request, nodes, self.address)
 
