@@ -10,6 +10,7 @@ from tunehouse import storage
 from tunehouse.executors.gpus import gpus_from_env
 
 EXECUTORS = ("local", "ray")
+RAY_PLACEMENTS = ("pack", "spread")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Settings:
     ray_address: str = ""
     # The interpreter a Ray job runs the trainer with; empty: this server's own.
     ray_python: str = ""
+    # How Ray places the workers of a multi-worker run: "pack" (as few nodes as fit them) or "spread" (each
+    # worker on a node of its own, STRICT_SPREAD), from TUNEHOUSE_RAY_PLACEMENT.
+    ray_placement: str = "pack"
     # Where artifacts live (TUNEHOUSE_STORAGE_URL): "" = the home directory, else s3://bucket/prefix.
     storage_url: str = ""
 
@@ -112,7 +116,15 @@ def load_settings() -> Settings:
         executor=executor,
         ray_address=os.environ.get("TUNEHOUSE_RAY_ADDRESS", ""),
         ray_python=os.environ.get("TUNEHOUSE_RAY_PYTHON", ""),
+        ray_placement=_ray_placement(),
     )
+
+
+def _ray_placement() -> str:
+    value = os.environ.get("TUNEHOUSE_RAY_PLACEMENT", "pack").strip().lower() or "pack"
+    if value not in RAY_PLACEMENTS:
+        raise ValueError(f"TUNEHOUSE_RAY_PLACEMENT={value!r}: expected one of {', '.join(RAY_PLACEMENTS)}")
+    return value
 
 
 def _storage_url() -> str:

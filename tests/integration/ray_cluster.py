@@ -173,6 +173,9 @@ class RayCluster:
     gcs_port: int
     dashboard_port: int = 8265
     nodes: dict[str, RayNode] = field(default_factory=dict)
+    # What every node's daemons (and so its jobs) get in their environment: say, the storage credentials
+    # a cluster's nodes carry themselves (never a job's runtime_env).
+    node_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def jobs_address(self) -> str:
@@ -188,7 +191,7 @@ class RayCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=HEAD_START_S,
-                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                env={**os.environ, **self.node_env, "RAY_USAGE_STATS_ENABLED": "0"},
             )
         if done.returncode != 0:
             raise RuntimeError(f"ray start ({name}) failed: {log.read_text()[-3000:]}")

@@ -121,3 +121,28 @@ def test_cancelling_a_two_rank_run_checkpoints_once_and_leaves_no_rank_running(
     wait_for(lambda: "Fine-tuning job cancelled" in messages(), timeout=900)
     assert len(client.fine_tuning.jobs.checkpoints.list(job_id).data) == 1
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+
+
+def test_a_run_asking_for_more_gpus_than_the_node_can_train_on_is_refused_by_the_form(
+    cpu_server: LiveServer,
+) -> None:
+    api_key = cpu_server.keys("erin")["api_key"]
+    with console_client(cpu_server, api_key) as console:
+        jobs = console.get("/console/jobs")
+        made = console.post("/console/jobs", data={"name": "too-many", "csrf_token": csrf(jobs.text)})
+        job = made.headers["location"].split("/console/jobs/")[1].split("?")[0]
+        form = console.get(f"/console/jobs/{job}/runs/new")
+        fields = {
+            "csrf_token": csrf(form.text),
+            "model": "tunehouse-tiny",
+            "train_mode": "sft",
+            "method": "lora",
+            "split_ratio": "0",
+            "gpus": "3",
+            "hp.epochs": "1",
+        }
+        upload = {"upload": ("train.jsonl", jsonl(CHAT_ROWS), "application/jsonl")}
+        refused = console.post(f"/console/jobs/{job}/runs", data=fields, files=upload)
+    # Refused at create, on the form: no run was queued to fail later.
+    assert refused.status_code != 303, refused.headers
+    assert "the run cannot be placed" in refused.text and "at most 2 CPU process(es)" in refused.text

@@ -23,6 +23,7 @@ from tests.conftest import LiveServer
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.http_helpers import console_client
 from tests.integration.ray_cluster import RayCluster, is_loopback, netns_usable, ray_cluster
+from tests.s3server import BUCKET, SeaweedS3
 
 pytestmark = pytest.mark.ray
 
@@ -36,6 +37,7 @@ ALLOWED_JOB_ENV = {
     "OMP_NUM_THREADS",
     "RAY_JOB_STOP_WAIT_TIME_S",
     "TUNEHOUSE_REPORT_DEVICES",
+    "GLOO_SOCKET_IFNAME",
 }
 
 
@@ -44,6 +46,7 @@ class Stack:
     cluster: RayCluster
     server: LiveServer
     keys: dict[str, str]
+    s3: SeaweedS3
 
     def client(self, strict: bool = True) -> OpenAI:
         return OpenAI(
@@ -62,6 +65,10 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if why is not None:
         pytest.skip(why)
     with ray_cluster() as cluster, cluster.ns.entered():
+        # The bucket first: the nodes carry its credentials, as a real cluster's nodes would.
+        s3 = SeaweedS3(cluster.temp_dir.parent / "s3")
+        s3.start()
+        cluster.node_env = s3.env
         cluster.start_head(cpus=2)
         # The second node joins while the server starts (threads started here share the namespace).
         joining = ThreadPoolExecutor(max_workers=1).submit(cluster.add_node, "node2", 1)
@@ -77,15 +84,20 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 "TUNEHOUSE_TEST_STEP_DELAY": STEP_DELAY_S,
                 # A secret in the server's environment that must never reach a job's runtime_env.
                 "AWS_SECRET_ACCESS_KEY": "do-not-ship-me",
+                # A run of two GPUs trains on two CPU workers here, each on a node of its own.
+                "TUNEHOUSE_CPU_RANKS": "2",
+                "TUNEHOUSE_RAY_PLACEMENT": "spread",
+                "GLOO_SOCKET_IFNAME": "lo",
             },
         )
         server.start()
         joining.result()
         cluster.wait_for_nodes(2)
         try:
-            yield Stack(cluster, server, server.keys("alice"))
+            yield Stack(cluster, server, server.keys("alice"), s3)
         finally:
             server.stop()
+            s3.stop()
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +257,9 @@ def test_a_control_plane_killed_mid_run_reattaches_to_the_ray_job_on_restart(
     assert max(steps) == 48
 
 
-def test_a_run_asking_for_more_gpus_than_any_node_has_fails_at_start_with_the_reason(
-    stack: Stack, chat_file: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def finetune(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Qianfan's SDK (console FineTune V2) as alice, against the module's server."""
     import qianfan.config
     from qianfan.resources.console.finetune import FineTune
 
@@ -256,23 +268,215 @@ def test_a_run_asking_for_more_gpus_than_any_node_has_fails_at_start_with_the_re
     monkeypatch.setenv("QIANFAN_ACCESS_KEY", alice["access_key"])
     monkeypatch.setenv("QIANFAN_SECRET_KEY", alice["secret_key"])
     monkeypatch.setattr(qianfan.config, "_GLOBAL_CONFIG", None)  # re-read the environment
-    job = FineTune.V2.create_job(name="big", model=MODEL, train_mode="SFT").body["result"]["jobId"]
-    task = FineTune.V2.create_task(
-        job_id=job,
-        params_scale="LoRA",
-        hyper_params={"epoch": 1},
-        dataset_config={"sourceType": "Platform", "versions": [{"versionId": chat_file}]},
-        resource_config={"gpus": 8},
-    ).body["result"]["taskId"]
+    return FineTune
+
+
+def qianfan_task(finetune: Any, chat_file: str, resources: dict[str, Any], hp: dict[str, Any]) -> str:
+    job = finetune.V2.create_job(name="rt", model=MODEL, train_mode="SFT").body["result"]["jobId"]
+    return str(
+        finetune.V2.create_task(
+            job_id=job,
+            params_scale="LoRA",
+            hyper_params=hp,
+            dataset_config={"sourceType": "Platform", "versions": [{"versionId": chat_file}]},
+            resource_config=resources,
+        ).body["result"]["taskId"]
+    )
+
+
+def test_a_run_asking_for_more_gpus_than_the_cluster_has_is_refused_at_create(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    from qianfan.errors import RequestError
+
+    with pytest.raises(RequestError) as refused:
+        qianfan_task(finetune, chat_file, {"gpus": 8}, {"epoch": 1})
+    said = str(refused.value)
+    assert refused.value.status_code == 400 and "InvalidParameter" in said, said
+    assert "param[resourceConfig.gpus]" in said and "cannot be placed" in said
+    assert "has none" in said and "at most 2 CPU worker(s)" in said  # a CPU cluster, TUNEHOUSE_CPU_RANKS=2
+
+
+def test_a_run_no_single_node_can_hold_still_fails_at_start_with_the_reason(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # 3 CPUs: the cluster has them in total (so the create is accepted), no node has them alone.
+    task = qianfan_task(finetune, chat_file, {"cpus": 3}, {"epoch": 1})
 
     def failed() -> dict[str, Any] | None:
-        detail = dict(FineTune.V2.task_detail(task_id=task).body["result"])
+        detail = dict(finetune.V2.task_detail(task_id=task).body["result"])
         return detail if detail["runStatus"] in ("Failed", "Done") else None
 
     detail = wait_for(failed, timeout=120)
     assert detail["runStatus"] == "Failed"
-    assert "asks for 8 GPU(s)" in detail["errorMessage"] and "0 GPU(s)" in detail["errorMessage"]
+    assert "asks for 0 GPU(s) and 3 CPU(s) on one node" in detail["errorMessage"], detail
     assert ray_jobs_of(stack, task.removeprefix("task-")) == {}  # never submitted, so never PENDING
+
+
+def train_losses(client: OpenAI, job_id: str) -> dict[int, float]:
+    events = client.fine_tuning.jobs.list_events(job_id, limit=200).data
+    return {
+        int(e.data["step"]): float(e.data["train_loss"])  # type: ignore[index]
+        for e in events
+        if e.type == "metrics" and "train_loss" in (e.data or {})
+    }
+
+
+def test_a_two_worker_run_spans_both_nodes_and_trains_as_one_process_over_the_same_batch(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # No LoRA dropout: its masks would differ with the split of the batch over the workers.
+    hp = {"epoch": 2, "batchSize": 4, "learningRate": 0.003, "loraDropout": 0.0}
+    spread = qianfan_task(finetune, chat_file, {"gpus": 2}, hp)
+    single = qianfan_task(finetune, chat_file, {}, hp)
+    client = stack.client(strict=False)
+    tasks = {"spread": spread, "single": single}
+    ids = {name: "ftjob-" + task.removeprefix("task-") for name, task in tasks.items()}
+    done = {name: wait_done(client, job_id, timeout=600) for name, job_id in ids.items()}
+    assert done["spread"].status == "succeeded", (done["spread"].error, messages(client, ids["spread"]))
+    assert done["single"].status == "succeeded", done["single"].error
+
+    said = messages(client, ids["spread"])
+    placed = [m for m in said if m.startswith("trainer placed on Ray nodes ")]
+    assert len(placed) == 1, said
+    from ray.util.state import list_nodes
+
+    live = {n.node_id for n in list_nodes(address=stack.cluster.jobs_address)}
+    named = {word for word in placed[0].replace(",", " ").split() if word in live}
+    assert len(named) == 2, placed  # two distinct nodes of the cluster
+    assert "2 workers (STRICT_SPREAD) with 0 GPU(s) and 1.0 CPU(s) each" in placed[0]
+    assert any("distributed: 2 ranks (gloo), DDP" in m for m in said), said
+    job = stack.jobs().get_job_info(run_key(ids["spread"]))
+    assert "-m tunehouse.trainer.ray_train --workers 2 " in job.entrypoint and job.driver_exit_code == 0
+
+    spread_losses, single_losses = train_losses(client, ids["spread"]), train_losses(client, ids["single"])
+    print(f"losses two workers: {spread_losses}\nlosses one process: {single_losses}")
+    assert spread_losses.keys() == single_losses.keys() and len(spread_losses) >= 4
+    for step, loss in single_losses.items():
+        assert spread_losses[step] == pytest.approx(loss, rel=1e-4), step
+
+
+# ---- Ray with the artifacts in S3 (SeaweedFS in the same namespace) --------------------------------
+S3_ROOT = f"s3://{BUCKET}/th-ray"
+
+
+@dataclass
+class S3Stack:
+    server: LiveServer
+    client: OpenAI
+
+    def restart(self, executor: str) -> None:
+        """The same control plane (records, bucket) on another executor; its node-local scratch wiped, so
+        nothing but the store carries a run over."""
+        self.server.stop()
+        shutil.rmtree(self.server.home / "cache", ignore_errors=True)
+        self.server.extra_env["TUNEHOUSE_EXECUTOR"] = executor
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def s3_stack(stack: Stack, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Stack]:
+    home = tmp_path_factory.mktemp("ray-s3-srv") / "home"
+    (home / "models").mkdir(parents=True)
+    shutil.copytree(tiny_model, home / "models" / MODEL)
+    server = LiveServer(
+        home=home,
+        database_url=f"sqlite:///{home / 'tunehouse.db'}",
+        extra_env={
+            "TUNEHOUSE_EXECUTOR": "ray",
+            "TUNEHOUSE_RAY_ADDRESS": stack.cluster.jobs_address,
+            "TUNEHOUSE_TEST_STEP_DELAY": STEP_DELAY_S,
+            "TUNEHOUSE_STORAGE_URL": S3_ROOT,
+            **stack.s3.env,
+        },
+    )
+    server.start()
+    keys = server.keys("alice")
+    client = OpenAI(base_url=server.url + "/v1", api_key=keys["api_key"], _strict_response_validation=False)
+    try:
+        yield S3Stack(server, client)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_chat_file(s3_stack: S3Stack) -> str:
+    return s3_stack.client.files.create(file=("chat.jsonl", jsonl(CHAT_ROWS)), purpose="fine-tune").id
+
+
+def bucket_files(stack: Stack, key: str) -> list[str]:
+    """Every object of the run's folder in the bucket, relative to it."""
+    prefix = f"{S3_ROOT.removeprefix('s3://')}/runs/{key}/"
+    return sorted(p.removeprefix(prefix) for p in stack.s3.filesystem().find(prefix))
+
+
+def test_a_run_on_ray_with_s3_storage_succeeds_with_its_checkpoints_and_output_in_the_bucket(
+    stack: Stack, s3_stack: S3Stack, s3_chat_file: str
+) -> None:
+    client = s3_stack.client
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=s3_chat_file, method=sft(2, 4))
+    done = wait_done(client, job.id)
+    assert done.status == "succeeded", (done.error, messages(client, job.id))
+    key = run_key(job.id)
+    files = bucket_files(stack, key)
+    assert "events.jsonl" in files and "spec.json" in files
+    assert any(f.startswith("checkpoints/step-8/") for f in files), files
+    assert any(f.startswith("model/") for f in files), files
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert steps and max(steps) == 8
+    # The job read its spec from the bucket, not from a disk it would have to share with the server.
+    info = stack.jobs().get_job_info(key)
+    assert info.entrypoint.endswith(f" {S3_ROOT}/runs/{key}/spec.json"), info.entrypoint
+    assert "TUNEHOUSE_STORAGE_URL" in info.runtime_env["env_vars"]
+    assert stack.s3.secret_key not in repr(info.runtime_env) + repr(info.metadata)
+
+
+def test_a_stop_on_ray_with_s3_storage_asks_through_the_bucket_and_ends_with_a_checkpoint(
+    stack: Stack, s3_stack: S3Stack, s3_chat_file: str
+) -> None:
+    client = s3_stack.client
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=s3_chat_file, method=sft(50, 1))
+    reached = wait_step(client, job.id, at_least=2)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    wait_for(lambda: messages(client, job.id)[0] == "Fine-tuning job cancelled", timeout=300)
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert steps and max(steps) >= reached
+    key = run_key(job.id)
+    files = bucket_files(stack, key)
+    assert "stop.request" in files  # the request went through the store
+    assert any(f.startswith(f"checkpoints/step-{max(steps)}/") for f in files), files
+    assert not (s3_stack.server.home / "cache" / "scratch" / key / "stop.request").exists()
+    info = stack.jobs().get_job_info(key)
+    assert info.status == "FAILED" and info.driver_exit_code == 3, info  # left on its own: EXIT_STOPPED
+
+
+def test_a_run_paused_on_ray_resumes_from_s3_on_the_local_executor_and_back(
+    stack: Stack, s3_stack: S3Stack, s3_chat_file: str
+) -> None:
+    client = s3_stack.client
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=s3_chat_file, method=sft(6, 2))
+    key = run_key(job.id)
+
+    def pause_after(step: int) -> int:
+        wait_step(client, job.id, at_least=step)
+        client.fine_tuning.jobs.pause(job.id)
+        wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "paused", timeout=300)
+        return int(client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number)
+
+    on_ray = pause_after(2)
+    s3_stack.restart("local")
+    client.fine_tuning.jobs.resume(job.id)
+    on_local = pause_after(on_ray + 2)
+    s3_stack.restart("ray")
+    client.fine_tuning.jobs.resume(job.id)
+    done = wait_done(client, job.id)
+    assert done.status == "succeeded", (done.error, messages(client, job.id))
+    said = messages(client, job.id)
+    assert any(f"at step {on_ray} of 48" in m for m in said), said
+    assert any(f"at step {on_local} of 48" in m for m in said), said
+    # Attempts 1 and 3 ran on Ray; the second was a local process of the server.
+    assert set(ray_jobs_of(stack, key)) == {key, f"{key}-3"}
+    assert max(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)) == 48
 
 
 # Last in the module: it takes the second node away for good.

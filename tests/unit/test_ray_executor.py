@@ -11,17 +11,22 @@ from types import SimpleNamespace
 import pytest
 
 from tunehouse.config import load_settings
+from tunehouse.contract.spec import RunSpec
 from tunehouse.executors.base import Resources
 from tunehouse.executors.factory import build_executor
 from tunehouse.executors.local import LocalExecutor
 from tunehouse.executors.ray import (
     RayExecutor,
     Request,
+    Workers,
+    cluster_refusal,
     decide_request,
     entrypoint,
     job_env,
+    plan_workers,
     submission_id,
     unplaceable_reason,
+    workers_unplaceable,
 )
 from tunehouse.scheduler.scheduler import run_resources
 
@@ -192,8 +197,9 @@ class StubCluster(StubJobs):
             status=JobStatus(self.jobs[sid]), submission_id=sid, metadata={"tunehouse_run": "k3y"}
         )
 
-    def submit_job(self, *, submission_id: str, **_: object) -> str:
+    def submit_job(self, *, submission_id: str, **kwargs: object) -> str:
         self.submitted.append(submission_id)
+        self.last = kwargs
         return submission_id
 
 
@@ -206,9 +212,23 @@ def _executor_over(jobs: dict[str, str]) -> tuple[RayExecutor, StubCluster]:
     return executor, cluster
 
 
+def write_spec(tmp_path: Path, gpus: int = 1, storage_dir: str | None = None) -> Path:
+    spec = RunSpec(
+        run_id="k3y",
+        model_path=tmp_path / "model",
+        train_files=[tmp_path / "train.jsonl"],
+        output_dir=tmp_path,
+        gpus=gpus,
+        storage_dir=storage_dir,
+    )
+    path = tmp_path / "spec.json"
+    path.write_text(spec.model_dump_json())
+    return path
+
+
 def test_a_launch_whose_job_exists_already_reattaches_instead_of_submitting(tmp_path: Path) -> None:
     executor, cluster = _executor_over({"k3y-2": "RUNNING"})
-    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    handle = executor.start("k3y", write_spec(tmp_path), tmp_path, attempt=2)
     assert handle["submission_id"] == "k3y-2" and cluster.submitted == []
 
 
@@ -216,11 +236,80 @@ def test_an_earlier_attempt_still_running_is_reattached_so_a_run_never_has_two_t
     tmp_path: Path,
 ) -> None:
     executor, cluster = _executor_over({"k3y": "RUNNING"})
-    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    handle = executor.start("k3y", write_spec(tmp_path), tmp_path, attempt=2)
     assert handle["submission_id"] == "k3y" and cluster.submitted == []
 
 
 def test_an_earlier_attempt_that_ended_leaves_the_new_attempt_its_own_job(tmp_path: Path) -> None:
     executor, cluster = _executor_over({"k3y": "FAILED"})
-    handle = executor.start("k3y", tmp_path / "spec.json", tmp_path, attempt=2)
+    handle = executor.start("k3y", write_spec(tmp_path), tmp_path, attempt=2)
     assert handle["submission_id"] == "k3y-2" and cluster.submitted == ["k3y-2"]
+
+
+# ---- runs of several workers (Ray Train) ------------------------------------------------------------
+ONE_CPU = Request(gpus=2, cpus=1.0, memory_mb=None)
+
+
+def test_workers_take_one_gpu_each_where_the_cluster_has_gpus_and_run_on_the_cpu_elsewhere() -> None:
+    assert plan_workers(2, ONE_CPU, [CPU_NODE, GPU_NODE], "pack") == Workers(2, 1, 1.0, "PACK")
+    assert plan_workers(2, ONE_CPU, [CPU_NODE], "spread") == Workers(2, 0, 1.0, "STRICT_SPREAD")
+
+
+def test_cpu_workers_are_bounded_by_the_cpu_ranks_setting_as_on_the_local_executor() -> None:
+    plan = Workers(3, 0, 1.0, "PACK")
+    reason = workers_unplaceable(plan, [CPU_NODE, CPU_NODE], 2, "http://h:8265")
+    assert reason is not None and "at most 2 CPU worker(s) (TUNEHOUSE_CPU_RANKS)" in reason
+    assert workers_unplaceable(plan, [CPU_NODE, CPU_NODE], 3, "http://h:8265") is None
+
+
+def test_workers_may_span_nodes_but_not_exceed_the_clusters_total() -> None:
+    nodes = [GPU_NODE, GPU_NODE]  # 4 GPUs each
+    assert workers_unplaceable(Workers(8, 1, 1.0, "PACK"), nodes, 1, "http://h:8265") is None
+    reason = workers_unplaceable(Workers(9, 1, 1.0, "PACK"), nodes, 1, "http://h:8265")
+    assert reason is not None and "9 workers of 1 GPU each" in reason and "8 GPU in total" in reason
+
+
+def test_spread_workers_need_a_node_each() -> None:
+    nodes = [{"CPU": 2.0}, {"CPU": 1.0}]
+    assert workers_unplaceable(Workers(2, 0, 1.0, "STRICT_SPREAD"), nodes, 3, "http://h:8265") is None
+    reason = workers_unplaceable(Workers(3, 0, 1.0, "STRICT_SPREAD"), nodes, 3, "http://h:8265")
+    assert reason is not None and "2 node(s)" in reason and "TUNEHOUSE_RAY_PLACEMENT=spread" in reason
+
+
+def test_the_create_time_check_refuses_more_gpus_than_the_cluster_has_in_total() -> None:
+    assert cluster_refusal(Request(8, 1.0, None), [GPU_NODE, GPU_NODE], "http://h:8265") is None
+    reason = cluster_refusal(Request(9, 1.0, None), [GPU_NODE, GPU_NODE], "http://h:8265")
+    assert reason is not None and "asks for 9 GPU(s)" in reason and "has 8 in total" in reason
+
+
+def test_the_workers_entrypoint_runs_the_ray_train_driver_with_the_plan() -> None:
+    line = entrypoint("/py", "s3://b/runs/k/spec.json", Workers(2, 0, 1.0, "STRICT_SPREAD"))
+    assert line == (
+        "exec /py -m tunehouse.trainer.ray_train --workers 2 --gpus-each 0 --cpus-each 1 "
+        "--strategy STRICT_SPREAD s3://b/runs/k/spec.json"
+    )
+
+
+def test_a_run_of_two_ranks_is_one_driver_job_holding_nothing_itself(tmp_path: Path) -> None:
+    executor, cluster = _executor_over({})
+    executor.cpu_ranks = 2
+    handle = executor.start("k3y", write_spec(tmp_path, gpus=2), tmp_path, resources=Resources(gpus=2))
+    assert handle["workers"] == {"count": 2, "gpus_each": 0, "cpus_each": 1.0, "strategy": "PACK"}
+    assert cluster.last["entrypoint_num_cpus"] == 0 and cluster.last["entrypoint_num_gpus"] == 0
+    assert "-m tunehouse.trainer.ray_train --workers 2 " in str(cluster.last["entrypoint"])
+
+
+def test_a_run_in_the_store_reads_its_spec_and_its_stop_request_there(tmp_path: Path) -> None:
+    store = tmp_path / "store"  # any storage location; an s3:// URL in production
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    executor, cluster = _executor_over({})
+    handle = executor.start("k3y", write_spec(scratch, storage_dir=str(store)), scratch)
+    assert str(cluster.last["entrypoint"]).endswith(f" {store}/spec.json")
+    executor.stop(handle)
+    assert (store / "stop.request").is_file() and not (scratch / "stop.request").exists()
+
+
+def test_the_placement_setting_leaves_the_executor_its_placement_answer() -> None:
+    executor = RayExecutor("http://127.0.0.1:1", placement="spread")
+    assert callable(executor.placement) and executor.placement({"submission_id": "k3y"}) is None

@@ -43,10 +43,11 @@ from tunehouse.api.qianfan.signing import AuthFailure
 from tunehouse.api.rate_limit import RateLimited, limiter_for
 from tunehouse.api.storage_guard import StorageGuard
 from tunehouse.config import Settings, load_settings
+from tunehouse.core import placement
 from tunehouse.core.errors import InvalidParameter
 from tunehouse.core.registry import register_builtin
 from tunehouse.core.secrets_box import SecretBox, load_master_key
-from tunehouse.executors.factory import build_executor
+from tunehouse.executors.factory import build_executor, refusal_of
 from tunehouse.scheduler.scheduler import Scheduler
 from tunehouse.serving.supervisor import Supervisor
 from tunehouse.store.db import Database, lock_setup
@@ -76,7 +77,10 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
         ctx = open_context(settings)
         app.state.ctx = ctx
         app.state.metrics = build_registry(ctx.db, os.environ.get(MULTIPROC_ENV))
-        scheduler = Scheduler(ctx.db, settings, build_executor(settings)) if run_scheduler else None
+        executor = build_executor(settings)
+        # A run that can never be placed is refused when it is created, in the caller's dialect.
+        placement.install(refusal_of(executor))
+        scheduler = Scheduler(ctx.db, settings, executor) if run_scheduler else None
         if scheduler is not None:
             scheduler.start()
         app.state.supervisor = Supervisor(ctx.db, settings.home / "deployments")
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
             if scheduler is not None:
                 scheduler.shutdown()
             ctx.db.dispose()
+            placement.install(None)
 
     limits = load_limits()
     # FastAPI's own OpenTelemetry hooks are unused here (/metrics is ours); off, they cost no per-request

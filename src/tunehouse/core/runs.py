@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from tunehouse.contract.datasets import formats_for_train_mode
 from tunehouse.contract.spec import MAX_GPUS
-from tunehouse.core import catalog
+from tunehouse.core import catalog, placement
 from tunehouse.core.clock import utcnow
 from tunehouse.core.errors import Conflict, InvalidParameter, NotFound, QuotaExceeded
 from tunehouse.core.events import record_event
@@ -78,6 +78,7 @@ def create_run(
         raise InvalidParameter("gpus", f"must be an integer within [1, {MAX_GPUS}]")
     if not datasets:
         raise InvalidParameter("datasets", "at least one training file is required")
+    placement.refuse_unplaceable({**(extra or {}), "gpus": gpus})
     _check_formats(datasets, train_mode, "datasets")
     _check_formats(validation or [], train_mode, "validation")
     init_from = target.init_from

@@ -23,6 +23,44 @@ class Resources:
     memory_mb: int | None = None
 
 
+def resources_of(extra: dict[str, Any]) -> Resources:
+    """What a run (its ``extra``) asks to be placed on: its ``gpus``, its own ``resources`` ({gpus, cpus,
+    memory_mb}), or what a dialect stored for it (Qianfan's ``resourceConfig``: {gpus, cpus, memoryMB});
+    unset fields are the executor's."""
+    given = extra.get("resources") or {}
+    qianfan = extra.get("resourceConfig") or {}
+    if not isinstance(given, dict) or not isinstance(qianfan, dict):
+        raise ValueError("the run's resource request is not an object")
+
+    def pick(*values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
+
+    # The contract's own field (RunSpec.gpus, kept in extra) when it asks for several; its default of one is
+    # "one device", which leaves the executor to choose a GPU or, on a cluster without any, the CPU.
+    asked = extra.get("gpus")
+    several = asked if isinstance(asked, int) and asked > 1 else None
+    gpus = pick(several, given.get("gpus"), qianfan.get("gpus"))
+    cpus = pick(given.get("cpus"), qianfan.get("cpus"))
+    memory = pick(given.get("memory_mb"), qianfan.get("memoryMB"))
+    return Resources(
+        gpus=None if gpus is None else _count(gpus, "gpus", int),
+        cpus=None if cpus is None else _count(cpus, "cpus", float),
+        memory_mb=None if memory is None else _count(memory, "memory_mb", int),
+    )
+
+
+def _count(value: Any, name: str, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"the run's resource request {name}={value!r} is not a non-negative number")
+    return kind(value)
+
+
+def workers_of(extra: dict[str, Any]) -> int:
+    """How many trainer processes (ranks) a run trains on: the contract's ``gpus`` (RunSpec.gpus)."""
+    value = extra.get("gpus", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
 # Runtime-checkable so that a test can hold any executor (a fake one too) to this interface.
 @runtime_checkable
 class Executor(Protocol):
@@ -50,6 +88,11 @@ class Executor(Protocol):
         ...
 
     def kill(self, handle: dict[str, Any]) -> None: ...
+
+    def refusal(self, workers: int, resources: Resources) -> str | None:
+        """Why a run of ``workers`` ranks asking for ``resources`` can never be placed (asked when the run
+        is created; None when it can, or when the executor cannot tell now: the launch checks again)."""
+        ...
 
 
 def launched(handle: dict[str, Any]) -> bool:

@@ -25,6 +25,7 @@ import psutil
 
 from tunehouse.contract.spec import load_spec
 from tunehouse.executors.base import Exit, Resources
+from tunehouse.executors.gpus import unplaceable
 
 
 def trainer_command(spec_path: Path, ranks: int, run_key: str) -> list[str]:
@@ -62,8 +63,13 @@ def free_port() -> int:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: tuple[str, ...] = (), cpu_ranks: int = 1) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self.gpus = gpus  # what this node lends (Settings.gpus), for the create-time check only
+        self.cpu_ranks = cpu_ranks
+
+    def refusal(self, workers: int, resources: Resources) -> str | None:
+        return unplaceable(workers, self.gpus, self.cpu_ranks)
 
     def start(
         self,

@@ -31,7 +31,7 @@ from tunehouse.core.files import store_results
 from tunehouse.core.registry import register_output, resolve_base
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.core.storage import out_of_space
-from tunehouse.executors.base import Executor, Exit, Resources, launched
+from tunehouse.executors.base import Executor, Exit, Resources, launched, resources_of
 from tunehouse.executors.gpus import free_gpus, unplaceable
 from tunehouse.executors.local import rank_failure
 from tunehouse.store.db import Database
@@ -174,10 +174,20 @@ class Scheduler:
             return
         run.handle = {**run.handle, "placement": where}
         node = where.get("node_ip") or "?"
-        message = (
-            f"trainer placed on Ray node {where.get('node_id')} ({node}) with {where.get('gpus')} GPU(s) "
-            f"and {where.get('cpus')} CPU(s), job {where.get('submission_id')}"
-        )
+        if where.get("nodes"):  # Ray Train workers, one per rank
+            ips = where.get("node_ips") or []
+            nodes = ", ".join(f"{n} ({ip or '?'})" for n, ip in zip(where["nodes"], ips, strict=False))
+            message = (
+                f"trainer placed on Ray nodes {nodes}: {where.get('workers')} workers "
+                f"({where.get('strategy')}) "
+                f"with {where.get('gpus_each')} GPU(s) and {where.get('cpus_each')} CPU(s) each, "
+                f"job {where.get('submission_id')}"
+            )
+        else:
+            message = (
+                f"trainer placed on Ray node {where.get('node_id')} ({node}) with {where.get('gpus')} GPU(s) "
+                f"and {where.get('cpus')} CPU(s), job {where.get('submission_id')}"
+            )
         record_event(s, run, "log", {"message": message, "placement": where})
 
     def _deliver_stop(self, run: Run) -> None:
@@ -339,7 +349,12 @@ class Scheduler:
             now = self.clock()
             for rid, extra in candidates:
                 need = run_svc.run_gpus(extra)
-                why = unplaceable(need, self.settings.gpus, self.settings.cpu_ranks)
+                # This node's own limits; a Ray cluster's are checked by its executor at launch.
+                why = (
+                    None
+                    if self.settings.executor == "ray"
+                    else unplaceable(need, self.settings.gpus, self.settings.cpu_ranks)
+                )
                 if why is not None:  # never placeable here: fail it with the reason, not wait forever
                     run = s.get_one(Run, rid)
                     if run.state == RunState.QUEUED:
@@ -473,35 +488,8 @@ class Scheduler:
 
 
 def run_resources(run: Run) -> Resources:
-    """What a run asks to be placed on: its ``gpus``, its own ``resources`` ({gpus, cpus, memory_mb}), or
-    what a dialect stored for it (Qianfan's ``resourceConfig``: {gpus, cpus, memoryMB}); unset fields are
-    the executor's."""
-    given = run.extra.get("resources") or {}
-    qianfan = run.extra.get("resourceConfig") or {}
-    if not isinstance(given, dict) or not isinstance(qianfan, dict):
-        raise ValueError("the run's resource request is not an object")
-
-    def pick(*values: Any) -> Any:
-        return next((v for v in values if v is not None), None)
-
-    # The contract's own field (RunSpec.gpus, kept in extra) when it asks for several; its default of one is
-    # "one device", which leaves the executor to choose a GPU or, on a cluster without any, the CPU.
-    asked = run.extra.get("gpus")
-    several = asked if isinstance(asked, int) and asked > 1 else None
-    gpus = pick(several, given.get("gpus"), qianfan.get("gpus"))
-    cpus = pick(given.get("cpus"), qianfan.get("cpus"))
-    memory = pick(given.get("memory_mb"), qianfan.get("memoryMB"))
-    return Resources(
-        gpus=None if gpus is None else _count(gpus, "gpus", int),
-        cpus=None if cpus is None else _count(cpus, "cpus", float),
-        memory_mb=None if memory is None else _count(memory, "memory_mb", int),
-    )
-
-
-def _count(value: Any, name: str, kind: type) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"the run's resource request {name}={value!r} is not a non-negative number")
-    return kind(value)
+    """What a run asks to be placed on (see executors.base.resources_of)."""
+    return resources_of(run.extra)
 
 
 def _test_step_delay() -> float:

@@ -109,6 +109,16 @@ def _fs(location: str) -> tuple[Any, str]:
     return fsspec.filesystem("file"), str(location)
 
 
+def arrow_fs(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem or None for a local path, its path): what Ray Train's RunConfig takes."""
+    if not is_url(location):
+        return None, str(location)
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+
+
 # ---- retries -------------------------------------------------------------------------------------
 
 

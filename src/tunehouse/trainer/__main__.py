@@ -7,18 +7,21 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
 
+from tunehouse import storage
 from tunehouse.contract.datasets import DataError, check_files, formats_for_train_mode
 from tunehouse.contract.spec import (
     EXIT_DATA_INVALID,
     EXIT_FAILED,
     EXIT_NO_SPACE,
     EXIT_STOPPED,
+    STOP_REQUEST_FILE,
     RunSpec,
     load_spec,
 )
@@ -26,7 +29,7 @@ from tunehouse.contract.spec import (
 from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
 from .ranks import env_rank, writer_for
-from .stop import StopFlag, watch_stop_file
+from .stop import StopFlag, watch_stop_file, watch_stop_object
 from .store_sync import EventMirror, fetch_inputs
 
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tunehouse.trainer SPEC_JSON_PATH", file=sys.stderr)
         return EXIT_FAILED
     try:
-        spec = load_spec(Path(args[0]))
+        spec = _load(args[0])
     except (OSError, ValidationError, ValueError) as exc:
         return _fail(
             _fallback_writer(Path(args[0])), f"cannot read run spec {args[0]}: {exc}", "runtime", EXIT_FAILED
@@ -52,11 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.requested = True
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Only the main thread may install handlers; a Ray Train worker runs this in a thread of its own and
+    # hears a stop through the request alone.
+    in_main = threading.current_thread() is threading.main_thread()
+    sigs = (signal.SIGTERM, signal.SIGINT) if in_main else ()
+    previous = {sig: signal.signal(sig, on_signal) for sig in sigs}
+    stop_object = storage.join(spec.storage_dir, STOP_REQUEST_FILE) if spec.storage_dir else None
     # A request left by an earlier attempt is stale: the server asks only once this trainer has spoken.
-    with contextlib.suppress(OSError):
-        spec.stop_request_path.unlink(missing_ok=True)
-    watching = watch_stop_file(spec.stop_request_path, stop)
+    # Rank 0 alone clears it, before it speaks: a later rank must not clear a fresh one.
+    if env_rank() == 0:
+        with contextlib.suppress(OSError):
+            spec.stop_request_path.unlink(missing_ok=True)
+            if stop_object is not None:
+                storage.remove(stop_object)
+    watching = [watch_stop_file(spec.stop_request_path, stop)]
+    if stop_object is not None:
+        watching.append(watch_stop_object(stop_object, stop))
     try:
         try:
             mirror = None
@@ -71,9 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         with events:
             return _run(spec, events, stop)
     finally:
-        watching.set()
+        for watch in watching:
+            watch.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _load(where: str) -> RunSpec:
+    """The spec from a path, or from its URL in the artifact store (a node sharing no disk with the
+    control plane)."""
+    if storage.is_url(where):
+        return RunSpec.model_validate_json(storage.read_bytes(where))
+    return load_spec(Path(where))
 
 
 def _fallback_writer(spec_path: Path) -> EventWriter:
@@ -87,6 +110,8 @@ def _fallback_writer(spec_path: Path) -> EventWriter:
 
 # Set by an executor that does not choose the devices itself (Ray): the trainer says which ones it got.
 REPORT_DEVICES_ENV = "TUNEHOUSE_REPORT_DEVICES"
+# Set by the Ray Train driver's workers (tunehouse.trainer.ray_train): every rank's Ray node, by rank.
+WORKER_NODES_ENV = "TUNEHOUSE_WORKER_NODES"
 
 
 def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
@@ -100,6 +125,9 @@ def _run(spec: RunSpec, events: EventWriter, stop: StopFlag) -> int:
     if os.environ.get(REPORT_DEVICES_ENV) == "1":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
         events.log(f"devices: GPUs {visible} (CUDA_VISIBLE_DEVICES)" if visible else "devices: CPU only")
+    if os.environ.get(WORKER_NODES_ENV):
+        ranks = json.loads(os.environ[WORKER_NODES_ENV])
+        events.log("workers on Ray nodes: " + ", ".join(f"rank {r} on {n}" for r, n in enumerate(ranks)))
     if not spec.model_path.is_dir():
         return _fail(events, f"model_path {spec.model_path} is not a directory", "runtime", EXIT_FAILED)
     # Bad data must fail fast and cheaply: before the model (possibly many GB) is loaded.

@@ -174,3 +174,6 @@ class FakeExecutor:
         if trainer is not None and trainer.alive:
             trainer.signals.append(SIGKILL)
             trainer.exit(KILLED)
+
+    def refusal(self, workers: int, resources: Resources) -> str | None:
+        return None  # a fake host places anything

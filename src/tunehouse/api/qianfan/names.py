@@ -111,6 +111,7 @@ V2_FIELDS = {
     "sampling_rate": "datasetConfig.versions[].samplingRate",
     "increment_from": "incrementTaskId",
     "increment_step": "incrementCheckpointStep",
+    "gpus": "resourceConfig.gpus",
 }
 V1_FIELDS = {
     "train_mode": "trainMode",

@@ -263,6 +263,8 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
         )
         if v is not None
     }
+    # resourceConfig.gpus is the run's GPU count (its ranks); the rest of the object stays as asked.
+    gpus = (b.resourceConfig or {}).get("gpus")
     run = run_svc.create_run(
         s,
         job,
@@ -272,6 +274,7 @@ def create_task(s: Session, ctx: AppContext, account: int, body: dict[str, Any])
         split_ratio=dc.splitRatio,
         extra=extra,
         increment_from=increment,
+        gpus=gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus != 0 else 1,
     )
     return {"jobId": JOB + job.key, "taskId": TASK + run.key}
 
