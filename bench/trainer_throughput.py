@@ -1,33 +1,43 @@
 #!/usr/bin/env python3
 """Training throughput: our loop against the Hugging Face configurations a careful user would pick.
 
-Four runs in this process, one after the other, on the same device, the same random Qwen2-shaped
-model (same init), the same synthetic chat-like data and the same examples in the same order per
-optimizer step (so the same tokens per step and, up to kernel rounding, the same losses):
+Two scenarios (``--scenario``, both by default), each with the same runs:
+
+- ``chat``: SFT on one-turn conversations, the loss on the assistant replies only (as in every real
+  chat SFT run): the prompt takes a share of each conversation drawn around ``--prompt-share``. The
+  bench tokenizer's chat template marks the replies with ``{% generation %}``; our trainer reads the
+  conversations from a data file and tokenizes them (SFT mode), the HF runs get the ids and labels
+  (prompts -100) our tokenization gives, and TRL tokenizes the same conversations itself with
+  ``assistant_only_loss`` (the bench asserts it gets the same ids and labels).
+- ``text``: documents with every token learned (continued pre-training), as ids.
+
+The runs, in this process, one after the other, on the same device, the same random Qwen2-shaped
+model (same init) and the same examples in the same order per optimizer step (so the same tokens per
+step and, up to kernel rounding, the same losses, which the bench checks step by step):
 
 - ``tunehouse``: our trainer's entry point (``run_training``, what a real run starts: it loads the
   saved model and tokenizer, reads and tokenizes a data file, writes its events, a final checkpoint
-  and the model), full fine-tuning in pretrain mode on the same ids written as text, packed.
+  and the model), full fine-tuning, packed.
 - ``hf_padded``: transformers.Trainer, each batch padded to its longest example (dynamic padding),
   AdamW (``adamw_torch``). What /work/shared/bench/peer_hf_trainer.py measures.
 - ``hf_padding_free``: transformers.Trainer with ``DataCollatorWithFlattening`` (the step's examples
   in one row with position ids, no padding) and fused AdamW (``adamw_torch_fused``).
 - ``trl_sft_packed``: TRL ``SFTTrainer`` with ``packing=True`` and ``padding_free=True`` (its
-  best-fit-decreasing packing, its fused chunked LM head), fused AdamW. TRL packs with
-  ``trl.pack_dataset`` itself, but over one optimizer step's examples at a time, into one row as long
-  as the longest step, so its steps hold the same examples as the others'; everything after the
-  packing is SFTTrainer's own (``skip_prepare_dataset`` only skips re-packing).
+  best-fit-decreasing packing, its fused chunked LM head), fused AdamW. It prepares the data its own
+  way and packs with ``trl.pack_dataset`` itself, but over one optimizer step's examples at a time,
+  into one row as long as the longest step, so its steps hold the same examples as the others'.
 
 All runs: constant learning rate 1e-5, weight decay 0.01 (off for 1-D tensors), gradient clipping at
-1.0, bf16 autocast on CUDA (fp32 weights), sequential order. Data: token sequences with log-normal
-lengths like chat SFT data (median --median-len, long tail clipped to --max-len); loss on every
-token. Only real (non-pad) tokens count as throughput; the clock starts after --warmup steps and is
-read after a device synchronize. Memory: peak RSS sampled during the run on CPU (which includes
-whatever earlier runs left in the allocator), ``max_memory_allocated`` on CUDA. MFU counts model
-FLOPs (6 per parameter per token, LM head included, plus causal attention per example), not padding.
+1.0, bf16 autocast on CUDA (fp32 weights), sequential order. Lengths are log-normal like chat SFT
+data (median --median-len, long tail clipped to --max-len). Only real (non-pad) tokens count as
+throughput; the clock starts after --warmup steps and is read after a device synchronize. Memory:
+peak RSS sampled during the run on CPU (which includes whatever earlier runs left in the allocator),
+``max_memory_allocated`` on CUDA. MFU counts model FLOPs (6 per parameter per token, LM head included,
+plus causal attention per example), not padding.
 
-Prints one JSON line, then a table. CPU example (a few minutes on 2 idle cores; add --rounds 2 on a
-busy machine):
+Prints one JSON line, then a table per scenario. CPU example (a few minutes on 2 idle cores; on a
+busy machine add --rounds 2, and --threads 1, since OpenMP threads that wait for a core spin and
+bill CPU time):
 
   PYTHONPATH=src .venv/bin/python bench/trainer_throughput.py --steps 6 --warmup 2 --batch 8
 """
@@ -482,9 +492,10 @@ def write_bench_model(config, seed: int, dest: Path) -> None:
 
 def run_ours(config, steps: list[list[Sample]], args) -> dict:
     """Our trainer's entry point, the same one a real run starts (its events, its final checkpoint and
-    model), on a pretrain text file of the ids: the word-level tokenizer maps each back to itself, and
-    every sequence already ends with the EOS id, so the examples are the peers' token for token. The
-    file's rows are laid out so that the run's seeded shuffle yields the bench's steps in order."""
+    model), on an SFT file of the conversations (chat) or a pretrain text file of the ids (text: the
+    word-level tokenizer maps each back to itself, and every sequence already ends with the EOS id),
+    so the examples are the peers' token for token. The file's rows are laid out so that the run's
+    seeded shuffle yields the bench's steps in order."""
     from tunehouse.contract.spec import RunSpec
     from tunehouse.trainer.loop import epoch_order, run_training
     from tunehouse.trainer.stop import StopFlag
