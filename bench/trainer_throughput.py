@@ -639,14 +639,14 @@ def run_scenario(scenario: str, config, args, peak: float | None) -> dict:
             "ratio": round(ours["peak_mem_mb"] / peers[least]["peak_mem_mb"], 3),
         }
     # Equal loss: every run's per-step losses against the first run's, step by step.
-    gap = 0.0
+    gaps: dict[str, float] = {}
     if results:
         first = next(iter(results.values()))["losses"]
-        for r in results.values():
-            if len(r["losses"]) != len(first):
-                gap = math.inf
-            else:
-                gap = max([gap, *(abs(a - b) for a, b in zip(r["losses"], first, strict=True))])
+        for name, r in results.items():
+            same = len(r["losses"]) == len(first)
+            diffs = [abs(a - b) for a, b in zip(r["losses"], first, strict=False)]
+            gaps[name] = max(diffs, default=0.0) if same else math.inf
+    gap = max(gaps.values(), default=0.0)
     rounded = {
         k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()} for k, r in results.items()
     }
@@ -661,6 +661,7 @@ def run_scenario(scenario: str, config, args, peak: float | None) -> dict:
         "failed": failed,
         "ours_over_peer": ratios,
         "max_loss_gap": round(gap, 5),
+        "loss_gap_by_run": {k: round(v, 5) for k, v in gaps.items()},
         "losses_equal": gap <= LOSS_TOLERANCE,
         "_results": results,
     }
@@ -750,7 +751,10 @@ def main() -> None:
         for key, ratio in r["ours_over_peer"].items():
             print(f"ours / {ratio['peer']}: {ratio['ratio']} ({key})")
         verdict = "equal" if r["losses_equal"] else "NOT equal"
-        print(f"per-step losses {verdict} (largest gap {r['max_loss_gap']}, tolerance {LOSS_TOLERANCE})")
+        print(
+            f"per-step losses {verdict} (largest gap {r['max_loss_gap']}, tolerance {LOSS_TOLERANCE}; "
+            f"by run: {r['loss_gap_by_run']})"
+        )
 
 
 if __name__ == "__main__":
