@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import importlib.metadata
 import json
@@ -598,7 +599,9 @@ def run_scenario(scenario: str, config, args, peak: float | None) -> dict:
             if name in failed:
                 continue
             try:
-                each[name].append(RUNS[name](config, steps, args))
+                # Copies each: SFTTrainer sets the config's pad token id, which changes the next model's
+                # init (the padding row of the embedding), and no run may change the next one's examples.
+                each[name].append(RUNS[name](copy.deepcopy(config), copy.deepcopy(steps), args))
             except Exception as exc:  # noqa: BLE001 - one run failing (a peer out of memory) is a result too
                 failed[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 print(f"run {name} failed: {failed[name]}", file=sys.stderr)
