@@ -1,33 +1,43 @@
 #!/usr/bin/env python3
 """Training throughput: our loop against the Hugging Face configurations a careful user would pick.
 
-Four runs in this process, one after the other, on the same device, the same random Qwen2-shaped
-model (same init), the same synthetic chat-like data and the same examples in the same order per
-optimizer step (so the same tokens per step and, up to kernel rounding, the same losses):
+Two scenarios (``--scenario``, both by default), each with the same runs:
+
+- ``chat``: SFT on one-turn conversations, the loss on the assistant replies only (as in every real
+  chat SFT run): the prompt takes a share of each conversation drawn around ``--prompt-share``. The
+  bench tokenizer's chat template marks the replies with ``{% generation %}``; our trainer reads the
+  conversations from a data file and tokenizes them (SFT mode), the HF runs get the ids and labels
+  (prompts -100) our tokenization gives, and TRL tokenizes the same conversations itself with
+  ``assistant_only_loss`` (the bench asserts it gets the same ids and labels).
+- ``text``: documents with every token learned (continued pre-training), as ids.
+
+The runs, in this process, one after the other, on the same device, the same random Qwen2-shaped
+model (same init) and the same examples in the same order per optimizer step (so the same tokens per
+step and, up to kernel rounding, the same losses, which the bench checks step by step):
 
 - ``tunehouse``: our trainer's entry point (``run_training``, what a real run starts: it loads the
   saved model and tokenizer, reads and tokenizes a data file, writes its events, a final checkpoint
-  and the model), full fine-tuning in pretrain mode on the same ids written as text, packed.
+  and the model), full fine-tuning, packed.
 - ``hf_padded``: transformers.Trainer, each batch padded to its longest example (dynamic padding),
   AdamW (``adamw_torch``). What /work/shared/bench/peer_hf_trainer.py measures.
 - ``hf_padding_free``: transformers.Trainer with ``DataCollatorWithFlattening`` (the step's examples
   in one row with position ids, no padding) and fused AdamW (``adamw_torch_fused``).
 - ``trl_sft_packed``: TRL ``SFTTrainer`` with ``packing=True`` and ``padding_free=True`` (its
-  best-fit-decreasing packing, its fused chunked LM head), fused AdamW. TRL packs with
-  ``trl.pack_dataset`` itself, but over one optimizer step's examples at a time, into one row as long
-  as the longest step, so its steps hold the same examples as the others'; everything after the
-  packing is SFTTrainer's own (``skip_prepare_dataset`` only skips re-packing).
+  best-fit-decreasing packing, its fused chunked LM head), fused AdamW. It prepares the data its own
+  way and packs with ``trl.pack_dataset`` itself, but over one optimizer step's examples at a time,
+  into one row as long as the longest step, so its steps hold the same examples as the others'.
 
 All runs: constant learning rate 1e-5, weight decay 0.01 (off for 1-D tensors), gradient clipping at
-1.0, bf16 autocast on CUDA (fp32 weights), sequential order. Data: token sequences with log-normal
-lengths like chat SFT data (median --median-len, long tail clipped to --max-len); loss on every
-token. Only real (non-pad) tokens count as throughput; the clock starts after --warmup steps and is
-read after a device synchronize. Memory: peak RSS sampled during the run on CPU (which includes
-whatever earlier runs left in the allocator), ``max_memory_allocated`` on CUDA. MFU counts model
-FLOPs (6 per parameter per token, LM head included, plus causal attention per example), not padding.
+1.0, bf16 autocast on CUDA (fp32 weights), sequential order. Lengths are log-normal like chat SFT
+data (median --median-len, long tail clipped to --max-len). Only real (non-pad) tokens count as
+throughput; the clock starts after --warmup steps and is read after a device synchronize. Memory:
+peak RSS sampled during the run on CPU (which includes whatever earlier runs left in the allocator),
+``max_memory_allocated`` on CUDA. MFU counts model FLOPs (6 per parameter per token, LM head included,
+plus causal attention per example), not padding.
 
-Prints one JSON line, then a table. CPU example (a few minutes on 2 idle cores; add --rounds 2 on a
-busy machine):
+Prints one JSON line, then a table per scenario. CPU example (a few minutes on 2 idle cores; on a
+busy machine add --rounds 2, and --threads 1, since OpenMP threads that wait for a core spin and
+bill CPU time):
 
   PYTHONPATH=src .venv/bin/python bench/trainer_throughput.py --steps 6 --warmup 2 --batch 8
 """
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import importlib.metadata
 import json
@@ -46,6 +57,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +142,69 @@ def make_sequences(lengths: list[int], vocab: int, seed: int) -> list[list[int]]
     return [torch.randint(1, vocab, (n - 1,), generator=g).tolist() + [0] for n in lengths]
 
 
+# The bench tokenizer's chat template: "<1>" opens a user turn, "<2>" an assistant turn, the EOS "<0>"
+# ends either. The {% generation %} markers give the assistant mask that our tokenization and TRL's
+# assistant_only_loss both read, so every trainer learns exactly the replies and their EOS.
+USER_ID, ASSISTANT_ID, FIRST_CONTENT_ID = 1, 2, 3
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}{%- if m['role'] == 'assistant' %}{{- '<2>' }}"
+    "{% generation %}{{- m['content'] + '<0>' }}{% endgeneration %}"
+    "{%- else %}{{- '<1>' + m['content'] + '<0>' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<2>' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training example as every run gets it: token ids, labels (-100: no loss) and, for chat,
+    the conversation they were tokenized from."""
+
+    ids: list[int]
+    labels: list[int]
+    messages: list[dict[str, str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def text_samples(lengths: list[int], vocab: int, seed: int) -> list[Sample]:
+    """Documents whose every token is learned (continued pre-training)."""
+    return [Sample(s, list(s)) for s in make_sequences(lengths, vocab, seed)]
+
+
+def chat_samples(lengths: list[int], vocab: int, seed: int, prompt_share: float) -> list[Sample]:
+    """One-turn conversations of these total lengths: a user prompt taking a share of each drawn
+    uniformly around ``prompt_share`` (+-0.25), then the assistant reply. Tokenized by our trainer's
+    own chat tokenization (the labels: the reply and its EOS only)."""
+    from tunehouse.contract.datasets import Turn
+    from tunehouse.trainer.tokenization import encode_chat, prepare_tokenizer
+
+    tokenizer = bench_tokenizer(vocab)
+    prepare_tokenizer(tokenizer, None)
+    rng = random.Random(seed + 1)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        content = n - 4  # "<1>" prompt "<0>" "<2>" reply "<0>"
+        share = min(0.95, max(0.05, prompt_share + rng.uniform(-0.25, 0.25)))
+        prompt = max(1, min(content - 1, round(content * share)))
+        words = torch.randint(FIRST_CONTENT_ID, vocab, (content,), generator=g).tolist()
+        messages = [
+            {"role": "user", "content": "".join(map(as_word, words[:prompt]))},
+            {"role": "assistant", "content": "".join(map(as_word, words[prompt:]))},
+        ]
+        ids, labels = encode_chat(tokenizer, tuple(Turn(m["role"], m["content"]) for m in messages))
+        assert len(ids) == n, (len(ids), n)
+        out.append(Sample(ids, labels, messages))
+    return out
+
+
+def labelled_share(samples: list[Sample]) -> float:
+    """The share of the next-token targets that carry a loss."""
+    targets = sum(len(s) - 1 for s in samples)
+    return sum(1 for s in samples for label in s.labels[1:] if label != -100) / targets
+
+
 def fresh_model(config, seed: int, lora: bool = False, device: str | None = None):
     """The peers' model: fp32 weights (bf16 autocast on CUDA, as HF Trainer's bf16=True), initialised on
     the device it trains on (an 8B model's init on the host would take minutes)."""
@@ -153,7 +228,7 @@ def count_params(config) -> int:
         return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
-def model_flops(config, params: int, steps: list[list[list[int]]], lora: bool = False) -> float:
+def model_flops(config, params: int, steps: list[list[Sample]], lora: bool = False) -> float:
     """Useful training FLOPs of these steps: 6 per weight per token (4 under LoRA: the frozen weights
     get no gradient), the LM head counted as a matmul, the embedding lookup not; plus causal attention
     (QK^T and PV, forward and backward)."""
@@ -250,7 +325,7 @@ def clock_callback(meter: Meter, warmup: int, steps: int, losses: list[float]):
     return Clock()
 
 
-def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
+def run_hf(kind: str, config, steps: list[list[Sample]], args) -> dict:
     from torch.utils.data import Dataset
     from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -263,7 +338,7 @@ def run_hf(kind: str, config, steps: list[list[list[int]]], args) -> dict:
             return len(seqs)
 
         def __getitem__(self, i: int) -> dict:
-            return {"input_ids": seqs[i], "labels": list(seqs[i])}
+            return {"input_ids": seqs[i].ids, "labels": seqs[i].labels}
 
     def pad_collate(batch: list[dict]) -> dict:
         n = max(len(b["input_ids"]) for b in batch)
@@ -309,26 +384,48 @@ def bench_tokenizer(vocab: int):
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
     tok.add_tokens([AddedToken(w, normalized=False, special=False) for w in words])
     zero = words[0]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=zero, eos_token=zero, unk_token=zero)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=zero, eos_token=zero, unk_token=zero)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def as_word(token_id: int) -> str:
     return f"<{token_id}>"
 
 
-def run_trl(config, steps: list[list[list[int]]], args) -> dict:
+def run_trl(config, steps: list[list[Sample]], args) -> dict:
     from datasets import Dataset
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer, pack_dataset
 
     hf_logging.set_verbosity_error()
     seqs = [s for step in steps for s in step]
+    chat = seqs[0].messages is not None
     longest_step = max(sum(len(s) for s in step) for step in steps)
-    rows = Dataset.from_dict({"input_ids": seqs, "labels": [list(s) for s in seqs]})
-    # One map batch per optimizer step and a row long enough for the longest step: best-fit decreasing
-    # then puts each step's examples, and only those, in one packed row.
-    packed = pack_dataset(rows, longest_step, "bfd", {"batch_size": args.batch})
-    assert len(packed) == len(steps), "each step's examples must pack into exactly one row"
+    # TRL tokenizes the conversations itself (assistant_only_loss reads the template's generation
+    # markers); documents come as ids, every token learned.
+    columns = {"messages": [s.messages for s in seqs]} if chat else {"input_ids": [s.ids for s in seqs]}
+    rows = Dataset.from_dict(columns)
+
+    class StepPacked(SFTTrainer):
+        """SFTTrainer preparing the data its own way (tokenization, labels), then packing with its own
+        ``pack_dataset`` over one optimizer step's examples at a time, into one row as long as the
+        longest step: best-fit decreasing then puts each step's examples, and only those, in one row,
+        so its steps hold the same examples as the other runs'."""
+
+        def _prepare_dataset(self, dataset, processing_class, args_, packing, formatting, name):
+            prepared = super()._prepare_dataset(dataset, processing_class, args_, False, formatting, name)
+            got = [(list(r["input_ids"]), list(r["labels"])) for r in prepared]
+            assert got == [(s.ids, s.labels) for s in seqs], "TRL must tokenize and label as the others do"
+            packed = pack_dataset(
+                prepared.select_columns(["input_ids", "labels"]),
+                longest_step,
+                "bfd",
+                {"batch_size": args.batch},
+            )
+            assert len(packed) == len(steps), "each step's examples must pack into exactly one row"
+            return packed
+
     meter, losses = Meter(), []
     with tempfile.TemporaryDirectory() as out:
         cfg = SFTConfig(
@@ -339,15 +436,15 @@ def run_trl(config, steps: list[list[list[int]]], args) -> dict:
                 "adamw_torch_fused",
                 packing=True,
                 padding_free=True,
+                assistant_only_loss=chat,
                 max_length=longest_step,
-                dataset_kwargs={"skip_prepare_dataset": True},
                 gradient_checkpointing=False,  # SFTConfig turns it on by default; the other runs have none
             )
         )
-        trainer = SFTTrainer(
+        trainer = StepPacked(
             model=fresh_model(config, args.seed, lora=args.method == "lora"),
             args=cfg,
-            train_dataset=packed,
+            train_dataset=rows,
             processing_class=bench_tokenizer(config.vocab_size),
             callbacks=[clock_callback(meter, args.warmup, len(steps), losses)],
         )
@@ -394,18 +491,20 @@ def write_bench_model(config, seed: int, dest: Path) -> None:
     bench_tokenizer(config.vocab_size).save_pretrained(dest)
 
 
-def run_ours(config, steps: list[list[list[int]]], args) -> dict:
+def run_ours(config, steps: list[list[Sample]], args) -> dict:
     """Our trainer's entry point, the same one a real run starts (its events, its final checkpoint and
-    model), on a pretrain text file of the ids: the word-level tokenizer maps each back to itself, and
-    every sequence already ends with the EOS id, so the examples are the peers' token for token. The
-    file's rows are laid out so that the run's seeded shuffle yields the bench's steps in order."""
+    model), on an SFT file of the conversations (chat) or a pretrain text file of the ids (text: the
+    word-level tokenizer maps each back to itself, and every sequence already ends with the EOS id),
+    so the examples are the peers' token for token. The file's rows are laid out so that the run's
+    seeded shuffle yields the bench's steps in order."""
     from tunehouse.contract.spec import RunSpec
     from tunehouse.trainer.loop import epoch_order, run_training
     from tunehouse.trainer.stop import StopFlag
 
     seqs = [s for step in steps for s in step]
+    chat = seqs[0].messages is not None
     order = epoch_order(len(seqs), args.seed, 0)
-    rows: list[list[int]] = [[] for _ in seqs]
+    rows: list[Sample] = list(seqs)
     for position, row in enumerate(order):
         rows[row] = seqs[position]
     losses: list[float] = []
@@ -417,12 +516,14 @@ def run_ours(config, steps: list[list[list[int]]], args) -> dict:
         write_bench_model(config, args.seed, root / "model")
         meter = Meter()  # after the write: its peak memory is the run's own
         data = root / "train.jsonl"
-        data.write_text("".join(json.dumps({"text": "".join(map(as_word, r))}) + "\n" for r in rows))
+        # Chat: the conversations (our trainer tokenizes them as chat_samples did); text: the ids as words.
+        lines = ({"messages": r.messages} if chat else {"text": "".join(map(as_word, r.ids))} for r in rows)
+        data.write_text("".join(json.dumps(line) + "\n" for line in lines))
         spec = RunSpec(
             run_id="bench",
             model_path=root / "model",
             method=args.method,
-            train_mode="pretrain",
+            train_mode="sft" if chat else "pretrain",
             train_files=[data],
             output_dir=root / "out",
             hyperparameters={
@@ -473,48 +574,21 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8, help="examples per optimizer step (one micro-batch)")
-    ap.add_argument("--median-len", type=int, default=200)
-    ap.add_argument("--max-len", type=int, default=1024)
-    ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument(
-        "--shape",
-        choices=["custom", "qwen2.5-0.5b", "llama3-8b"],
-        default="custom",
-        help="a real model's shape (random weights) instead of --vocab/--hidden/--layers",
-    )
-    ap.add_argument("--family", choices=["qwen2", "llama"], default="qwen2", help="for the custom shape")
-    ap.add_argument("--method", choices=["full", "lora"], default="full")
-    ap.add_argument("--out", type=Path, help="also write the JSON result to this file")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
-    ap.add_argument(
-        "--rounds", type=int, default=1, help="repeat all runs, alternating their order; best of each"
-    )
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.warmup >= args.steps:
-        ap.error("--warmup must be below --steps")
+SCENARIOS = ("chat", "text")
 
-    config = make_config(args.vocab, args.hidden, args.layers, args.shape, args.family)
-    args.vocab = config.vocab_size
+
+def run_scenario(scenario: str, config, args, peak: float | None) -> dict:
+    """All runs on one scenario's data, ``--rounds`` times in alternating order; the scenario's report."""
     lengths = make_lengths(args.batch * args.steps, args.median_len, args.max_len, args.seed)
-    seqs = make_sequences(lengths, args.vocab, args.seed)
-    steps = [seqs[i * args.batch : (i + 1) * args.batch] for i in range(args.steps)]
+    if scenario == "chat":
+        samples = chat_samples(lengths, args.vocab, args.seed, args.prompt_share)
+    else:
+        samples = text_samples(lengths, args.vocab, args.seed)
+    steps = [samples[i * args.batch : (i + 1) * args.batch] for i in range(args.steps)]
     timed = steps[args.warmup :]
     real = sum(len(s) for step in timed for s in step)
     params = count_params(config)
     flops = model_flops(config, params, timed, lora=args.method == "lora")
-    device = torch.cuda.get_device_name(0) if CUDA else f"cpu x{torch.get_num_threads()}"
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in device), None) if CUDA else None
 
     names = args.runs.split(",")
     each: dict[str, list[dict]] = {name: [] for name in names}
@@ -525,7 +599,9 @@ def main() -> None:
             if name in failed:
                 continue
             try:
-                each[name].append(RUNS[name](config, steps, args))
+                # Copies each: SFTTrainer sets the config's pad token id, which changes the next model's
+                # init (the padding row of the embedding), and no run may change the next one's examples.
+                each[name].append(RUNS[name](copy.deepcopy(config), copy.deepcopy(steps), args))
             except Exception as exc:  # noqa: BLE001 - one run failing (a peer out of memory) is a result too
                 failed[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 print(f"run {name} failed: {failed[name]}", file=sys.stderr)
@@ -547,6 +623,7 @@ def main() -> None:
             "final_loss": fastest["losses"][-1],
             "losses": [round(x, 4) for x in fastest["losses"]],
             "seconds_each": [round(r["seconds"], 2) for r in rs],
+            "cpu_seconds_each": [round(r["cpu_seconds"], 2) for r in rs],
             **({"setup": fastest["setup"]} if "setup" in fastest else {}),
         }
     ratios = {}
@@ -564,42 +641,123 @@ def main() -> None:
             "peer": least,
             "ratio": round(ours["peak_mem_mb"] / peers[least]["peak_mem_mb"], 3),
         }
+    # Equal loss: every run's per-step losses against the first run's, step by step.
+    gaps: dict[str, float] = {}
+    if results:
+        first = next(iter(results.values()))["losses"]
+        for name, r in results.items():
+            same = len(r["losses"]) == len(first)
+            diffs = [abs(a - b) for a, b in zip(r["losses"], first, strict=False)]
+            gaps[name] = max(diffs, default=0.0) if same else math.inf
+    gap = max(gaps.values(), default=0.0)
+    rounded = {
+        k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()} for k, r in results.items()
+    }
+    return {
+        "scenario": scenario,
+        "labelled_share": round(labelled_share(samples), 4),
+        "tokens_per_step": [sum(len(s) for s in step) for step in steps],
+        "timed_steps": len(timed),
+        "timed_tokens": real,
+        "mean_len": round(sum(lengths) / len(lengths), 1),
+        "runs": rounded,
+        "failed": failed,
+        "ours_over_peer": ratios,
+        "max_loss_gap": round(gap, 5),
+        "loss_gap_by_run": {k: round(v, 5) for k, v in gaps.items()},
+        "losses_equal": gap <= LOSS_TOLERANCE,
+        "_results": results,
+    }
+
+
+# Per-step losses of the runs may differ by kernel rounding (different matmul and reduction orders).
+LOSS_TOLERANCE = 2e-3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8, help="examples per optimizer step (one micro-batch)")
+    ap.add_argument("--median-len", type=int, default=200)
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument(
+        "--shape",
+        choices=["custom", "qwen2.5-0.5b", "llama3-8b"],
+        default="custom",
+        help="a real model's shape (random weights) instead of --vocab/--hidden/--layers",
+    )
+    ap.add_argument("--family", choices=["qwen2", "llama"], default="qwen2", help="for the custom shape")
+    ap.add_argument("--method", choices=["full", "lora"], default="full")
+    ap.add_argument(
+        "--scenario",
+        choices=[*SCENARIOS, "both"],
+        default="both",
+        help="chat: SFT on conversations, loss on the replies only; text: every token learned",
+    )
+    ap.add_argument(
+        "--prompt-share", type=float, default=0.5, help="chat: mean share of a conversation in its prompt"
+    )
+    ap.add_argument("--out", type=Path, help="also write the JSON result to this file")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat all runs, alternating their order; best of each"
+    )
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.warmup >= args.steps:
+        ap.error("--warmup must be below --steps")
+
+    config = make_config(args.vocab, args.hidden, args.layers, args.shape, args.family)
+    args.vocab = config.vocab_size
+    device = torch.cuda.get_device_name(0) if CUDA else f"cpu x{torch.get_num_threads()}"
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in device), None) if CUDA else None
+    scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
+    reports = {name: run_scenario(name, config, args, peak) for name in scenarios}
+
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     for package in ("trl", "peft", "liger_kernel"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package.replace("_", "-"))
-    rounded = {
-        k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in r.items()} for k, r in results.items()
+    head = {
+        "bench": "trainer_throughput",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device": device,
+        "params": count_params(config),
+        "model": f"{config.model_type} hidden={config.hidden_size} layers={config.num_hidden_layers} "
+        f"vocab={config.vocab_size}" + ("" if args.shape == "custom" else f" ({args.shape} shape)"),
+        "method": args.method,
+        "examples_per_step": args.batch,
+        "rounds": args.rounds,
+        **versions,
     }
-    report = json.dumps(
-        {
-            "bench": "trainer_throughput",
-            "device": device,
-            "params": params,
-            "model": f"{config.model_type} hidden={config.hidden_size} layers={config.num_hidden_layers} "
-            f"vocab={config.vocab_size}" + ("" if args.shape == "custom" else f" ({args.shape} shape)"),
-            "method": args.method,
-            "examples_per_step": args.batch,
-            "tokens_per_step": [sum(len(s) for s in step) for step in steps],
-            "timed_steps": len(timed),
-            "timed_tokens": real,
-            "rounds": args.rounds,
-            "mean_len": round(sum(lengths) / len(lengths), 1),
-            "runs": rounded,
-            "failed": failed,
-            "ours_over_peer": ratios,
-            **versions,
-        }
-    )
+    public = {name: {k: v for k, v in r.items() if k != "_results"} for name, r in reports.items()}
+    # One scenario: its fields at the top level (as gpu_check.sh reads them); both: one entry each.
+    body = next(iter(public.values())) if len(public) == 1 else {"scenarios": public}
+    report = json.dumps({**head, **body})
     print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report + "\n")
-    print(table(results))
-    for key, r in ratios.items():
-        print(f"ours / {r['peer']}: {r['ratio']} ({key})")
+    for name, r in reports.items():
+        share = f"{r['labelled_share']:.0%} of targets labelled"
+        print(f"\n== {name} ({share}, {r['timed_tokens']} timed tokens)")
+        print(table(r["_results"]))
+        for key, ratio in r["ours_over_peer"].items():
+            print(f"ours / {ratio['peer']}: {ratio['ratio']} ({key})")
+        verdict = "equal" if r["losses_equal"] else "NOT equal"
+        print(
+            f"per-step losses {verdict} (largest gap {r['max_loss_gap']}, tolerance {LOSS_TOLERANCE}; "
+            f"by run: {r['loss_gap_by_run']})"
+        )
 
 
 if __name__ == "__main__":

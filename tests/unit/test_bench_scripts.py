@@ -62,3 +62,24 @@ def test_our_bench_run_reads_the_peers_ids_back_from_text(tmp_path: Path, family
         assert ids[-1] == tokenizer.eos_token_id  # so our text path appends nothing
         text = "".join(map(bench.as_word, ids))
         assert encode_text(tokenizer, text) == (ids, ids)
+
+
+def test_chat_samples_learn_the_replies_alone_as_the_peers_mask_them() -> None:
+    bench = bench_module()
+    samples = bench.chat_samples([30, 64, 200], 300, seed=0, prompt_share=0.5)
+    tokenizer = bench.bench_tokenizer(300)
+    for sample, n in zip(samples, [30, 64, 200], strict=True):
+        assert len(sample.ids) == n
+        reply = sample.ids.index(bench.ASSISTANT_ID) + 1
+        # Prompt and assistant header masked; the reply and its EOS learned.
+        assert sample.labels[:reply] == [-100] * reply
+        assert sample.labels[reply:] == sample.ids[reply:] and sample.ids[-1] == tokenizer.eos_token_id
+        # What TRL's assistant_only_loss reads: the template's assistant mask over the same ids.
+        out = tokenizer.apply_chat_template(
+            sample.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert list(out["input_ids"]) == sample.ids
+        assert [
+            t if m else -100 for t, m in zip(sample.ids, out["assistant_masks"], strict=True)
+        ] == sample.labels
+    assert 0.2 < bench.labelled_share(samples) < 0.8
