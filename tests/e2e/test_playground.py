@@ -157,16 +157,27 @@ def test_a_streamed_answer_appears_piece_by_piece_and_equals_the_api_answer(
     assert final == api_answer(server, alice, BASE)
 
 
+def stop_the_bases_share(page: Any, server: LiveServer) -> None:
+    """The base model, when the comparisons deployed it, is served by the fine-tuned model's engine process:
+    stopping it alone frees only its share, and the process goes on serving the other."""
+    row = deployment_row(page, BASE)
+    if row.count() and row.locator("[data-status]").get_attribute("data-status") == "RUNNING":
+        page.get_by_role("button", name=f"Stop {BASE}", exact=True).click()
+        expect(deployment_row(page, BASE).locator("[data-status]")).to_have_text("STOPPED")
+        assert engine_processes(server.home)
+
+
 def test_stop_frees_the_engine_and_start_loads_it_again(
     new_page: Callable[[], Any], server: LiveServer, alice: dict, deployed: str
 ) -> None:
     page = new_page()
     sign_in(page, alice["api_key"])
     page.goto("/console/deployments")
+    stop_the_bases_share(page, server)
     page.get_by_role("button", name=f"Stop {deployed}", exact=True).click()
     expect(deployment_row(page, deployed).locator("[data-status]")).to_have_text("STOPPED")
     expect(deployment_row(page, deployed).locator(".dep-memory")).to_have_text("—")
-    wait_for(lambda: not engine_processes(server.home))  # no other deployment shares it
+    wait_for(lambda: not engine_processes(server.home))  # its last deployment stopped: the process ends
     page.get_by_role("button", name=f"Start {deployed}", exact=True).click()
     wait_running(page, deployed)
 
@@ -223,10 +234,11 @@ def test_deleting_a_deployment_removes_it_and_frees_its_engine(
     page = new_page()
     sign_in(page, alice["api_key"])
     page.goto("/console/deployments")
+    stop_the_bases_share(page, server)
     page.get_by_role("button", name=f"Delete {deployed}", exact=True).click()
     expect(page).to_have_url(re.compile(r"/console/deployments$"))
     expect(deployment_row(page, deployed)).to_have_count(0)
-    wait_for(lambda: not engine_processes(server.home))  # no other deployment shares it
+    wait_for(lambda: not engine_processes(server.home))  # its last deployment went: the process ends
     # The model itself stays: the playground can deploy it again.
     sdk = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {alice['api_key']}"})
     assert deployed in [m["id"] for m in sdk.json()["data"]]
