@@ -35,15 +35,24 @@ PORT_FLAGS = (
 )
 
 
+# weed derives some gRPC ports as the given port + 10000 whatever the flags say (its worker dialled
+# "127.0.0.1:67781" for an admin port of 57781 and the server never answered): ports stay below this.
+HIGHEST_PORT = 65535 - 10000
+
+
 def _free_ports(n: int) -> list[int]:
     # Hold them all open while choosing, so no two flags get the same port.
-    socks = []
+    socks: list[socket.socket] = []
+    chosen: list[int] = []
     try:
-        for _ in range(n):
+        while len(chosen) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
+            port = int(s.getsockname()[1])
+            if port <= HIGHEST_PORT:
+                chosen.append(port)
+        return chosen
     finally:
         for s in socks:
             s.close()
@@ -89,7 +98,7 @@ class SeaweedS3:
             skip_instance_cache=True,
         )
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 180) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.ports:  # a restart keeps its ports (and its data): clients reach it where they did
             self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
