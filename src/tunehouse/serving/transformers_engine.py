@@ -6,10 +6,8 @@ One worker holds one base model; each LoRA deployment of that base is a named ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,20 +22,20 @@ from tunehouse.serving.engine import (
     GenerationParams,
     Usage,
 )
+from tunehouse.serving.engine_process import EngineProcess
 
 WORKER_MODULE = "tunehouse.serving.worker"
 # A loaded base model on a busy CPU can take a while; the caller's first request waits for it.
 START_TIMEOUT_S = float(os.environ.get("TUNEHOUSE_ENGINE_START_TIMEOUT_S", "600"))
 
 
-class TransformersEngine:
+class TransformersEngine(EngineProcess):
     name = "transformers"
 
     def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
+        super().__init__()
         self.socket_path: str | None = None
         self.log_path: Path | None = None
-        self._reason: str | None = None
 
     async def start(self, base: BaseSpec, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -146,33 +144,10 @@ class TransformersEngine:
         finally:
             writer.close()
 
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
 
-    async def wait_exit(self) -> str:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        if self._reason is None:
-            self._reason = self._describe_exit(code)
-        return self._reason
 
-    def exit_reason(self) -> str | None:
-        if self.proc is None:
-            return None
-        if self.proc.returncode is not None and self._reason is None:
-            self._reason = self._describe_exit(self.proc.returncode)
-        return self._reason
 
     async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            self._reason = "stopped"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await self._stop_process()
         if self.socket_path and os.path.exists(self.socket_path):
             os.unlink(self.socket_path)

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +32,7 @@ from tunehouse.serving.engine import (
     GenerationParams,
     Usage,
 )
+from tunehouse.serving.engine_process import EngineProcess
 
 # vLLM loads, profiles and warms up before /health answers: minutes on a CPU.
 START_TIMEOUT_S = float(os.environ.get("TUNEHOUSE_ENGINE_START_TIMEOUT_S", "600"))
@@ -186,16 +186,16 @@ def events_of_chunk(chunk: dict[str, Any], counts: dict[int, int], n: int) -> li
     return out
 
 
-class VllmEngine:
+class VllmEngine(EngineProcess):
+    STOP_GRACE_S = 30.0  # a vLLM server frees its KV cache and workers on the way out
     name = "vllm"
 
     def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
+        super().__init__()
         self.url: str | None = None
         self.api_key = secrets.token_urlsafe(24)
         self.log_path: Path | None = None
         self.adapters: dict[str, str] = {}  # name -> path, as loaded in this server
-        self._reason: str | None = None
 
     async def start(self, base: BaseSpec, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -296,33 +296,9 @@ class VllmEngine:
         reason = f"the vLLM server exited with code {code}"
         return f"{reason}: {tail}" if tail else reason
 
-    async def wait_exit(self) -> str:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        if self._reason is None:
-            self._reason = self._describe_exit(code)
-        return self._reason
 
-    def exit_reason(self) -> str | None:
-        if self.proc is None:
-            return None
-        if self.proc.returncode is not None and self._reason is None:
-            self._reason = self._describe_exit(self.proc.returncode)
-        return self._reason
 
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
 
     async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            self._reason = "stopped"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        await self._stop_process()
         self.adapters.clear()
