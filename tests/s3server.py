@@ -7,12 +7,14 @@ data in a temporary folder. Only the process we started is stopped, by its recor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -72,6 +74,14 @@ class SeaweedS3:
     secret_key: str = field(default_factory=lambda: uuid.uuid4().hex)
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # The event loop its s3fs clients dial from, on a thread born where this object is made. fsspec's
+    # shared IO thread keeps the network namespace of whichever thread first started it, so a server made
+    # inside a test namespace (the Ray tests') would otherwise leave every later client of the host's
+    # server dialling from that namespace, where nothing answers.
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop, repr=False)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self.loop.run_forever, name="seaweed-s3-client", daemon=True).start()
 
     @property
     def endpoint(self) -> str:
@@ -96,6 +106,7 @@ class SeaweedS3:
             client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
             use_listings_cache=False,
             skip_instance_cache=True,
+            loop=self.loop,
         )
 
     def start(self, timeout_s: float = 180) -> None:
@@ -131,7 +142,10 @@ class SeaweedS3:
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("the SeaweedFS S3 server did not answer") from None
+                    log = (self.data_dir / "weed.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(
+                        f"the SeaweedFS S3 server did not answer; its log ends:\n{log}"
+                    ) from None
             time.sleep(0.1)
 
     def stop(self) -> None:

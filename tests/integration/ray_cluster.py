@@ -74,6 +74,11 @@ class NetNs:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """This thread (and what it starts) in the namespace; sockets it opens are the namespace's."""
+        import fsspec.asyn
+
+        # fsspec's shared IO thread keeps the namespace of the thread that starts it: start it here first,
+        # so a client made inside does not leave the host's S3 clients dialling from this namespace.
+        fsspec.asyn.get_loop()
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
