@@ -37,8 +37,8 @@ PORT_FLAGS = (
 )
 
 
-# weed derives some gRPC ports as the given port + 10000 whatever the flags say (its worker dialled
-# "127.0.0.1:67781" for an admin port of 57781 and the server never answered): ports stay below this.
+# weed's worker dials the admin port + 10000 whatever -admin.port.grpc says (it only retries, but an
+# admin port above this would make it dial a port that cannot exist): ports stay at or below this.
 HIGHEST_PORT = 65535 - 10000
 
 
