@@ -291,12 +291,13 @@ def save_checkpoint(
     own_disk = store is not None and not d.is_main and _read_mark(tmp) != mark
     if own_disk:
         tmp.mkdir(parents=True, exist_ok=True)
+        for stale in rank_files(tmp, d.rank):  # an abandoned attempt's, left on this disk
+            stale.unlink(missing_ok=True)
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(_rng_state(), tmp / f"rng-{d.rank}.pt")
     save_pretrained(model, tmp)
-    if own_disk:
-        assert store is not None
+    if store is not None and own_disk:
         store.publish_rank_files(tmp, dest, rank_files(tmp, d.rank))
     d.barrier()
     if d.is_main:
