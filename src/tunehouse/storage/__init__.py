@@ -334,20 +334,22 @@ def write_bytes(location: str, data: bytes) -> str:
     return location
 
 
-def put_dir(src: Path, location: str, last: str | None = None) -> str:
+def put_dir(src: Path, location: str, last: str | None = None, replace: bool = True) -> str:
     """Upload the folder ``src`` to ``location``, replacing what was there. ``last`` (a file name at its
-    top) is written after everything else: readers take its presence to mean the folder is whole."""
+    top) is written after everything else: readers take its presence to mean the folder is whole.
+    ``replace=False`` adds to what is there (files other writers put there first, already fresh)."""
     if not is_url(location):
         dest = Path(location)
         if dest.resolve() == src.resolve():
             return location
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-        return location
-    if has_objects(location):
+        if replace:
+            tmp = dest.with_name(dest.name + ".part")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+            return location
+    elif replace and has_objects(location):
         remove(location)  # a stale copy (an abandoned attempt's) must not mix with this one
     files = sorted(p for p in src.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.relative_to(src).as_posix() == last)  # stable: `last` goes to the end

@@ -157,7 +157,8 @@ class Checkpointer:
     eval_loss named, old ones rotated away (the last ``keep_last`` plus the best stay; 0 keeps all).
 
     With a ``store`` the folder is local scratch and each checkpoint is also uploaded to the run's folder
-    in the artifact store (publish), where rotation deletes it too."""
+    in the artifact store (publish), where rotation deletes it too. Every rank of a multi-rank run has
+    the store (a rank on a disk of its own uploads its shards); rank 0 alone publishes and rotates."""
 
     def __init__(
         self,
@@ -184,7 +185,7 @@ class Checkpointer:
         if self.dist is not None and self.dist.active:
             from .distributed import save_checkpoint as save_sharded
 
-            save_sharded(path, *self.parts, state, metrics, extra, self.dist)
+            save_sharded(path, *self.parts, state, metrics, extra, self.dist, store=self.store)
         else:
             save_checkpoint(path, *self.parts, state, metrics, extra)
         current = [c for c in list_checkpoints(self.root) if c[0] <= state.step]
@@ -192,10 +193,13 @@ class Checkpointer:
 
     def publish(self, path: Path) -> str:
         """Where the checkpoint at ``path`` is durably kept: uploaded whole first when there is a store
-        (its state file last, so a partial upload is never taken for a checkpoint); rank 0 uploads."""
+        (its state file last, so a partial upload is never taken for a checkpoint); rank 0 uploads its
+        folder, after every rank on a disk of its own has uploaded its shards (distributed.py)."""
         if self.store is None or (self.dist is not None and not self.dist.is_main):
             return str(path)
-        return self.store.publish_checkpoint(path, last=STATE_FILE)
+        sharded = self.dist is not None and self.dist.active
+        # A sharded save cleared the store's stale copy before the other ranks uploaded into it.
+        return self.store.publish_checkpoint(path, last=STATE_FILE, replace=not sharded)
 
     def rotate(self, upto: int) -> list[tuple[int, str]]:
         if self.dist is not None and not self.dist.is_main:

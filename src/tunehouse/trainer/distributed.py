@@ -28,18 +28,24 @@ import random
 import shutil
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from .diskspace import written_whole
 
+if TYPE_CHECKING:
+    from .store_sync import StoreSync
+
 DCP_DIR = "dcp"  # the sharded model + optimizer state inside a checkpoint of a multi-rank run
+# Rank 0's mark in a checkpoint being written: a rank that reads it there shares rank 0's disk.
+DISK_MARK = ".rank0-disk"
 TIMEOUT = timedelta(minutes=30)  # a collective stuck this long (a hung peer) fails the rank
 
 
@@ -73,6 +79,14 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a picklable object)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def shard(self, items: list[Any], indices: list[int]) -> tuple[list[Any], list[int]]:
         """This rank's contiguous share of one step's examples (and their indices)."""
@@ -247,26 +261,47 @@ def save_checkpoint(
     metrics: dict[str, float],
     extra: dict[str, Any] | None,
     d: Dist,
+    store: StoreSync | None = None,
 ) -> Path:
     """The multi-rank counterpart of checkpoint.save_checkpoint, written whole the same way: into
-    ``step-N.tmp``, renamed by rank 0 once every rank has written its part."""
+    ``step-N.tmp``, renamed by rank 0 once every rank has written its part.
+
+    With a ``store``, rank 0 uploads its folder afterwards (Checkpointer.publish), which holds every
+    rank's shards only where the ranks share its disk. A rank that does not (another node) uploads its
+    own shards and RNG state to the checkpoint's place in the store before the barrier after which rank
+    0 renames and publishes (the state file last), and then removes its scratch copy."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from .checkpoint import METRICS_FILE, STATE_FILE
 
     tmp = dest.with_name(dest.name + ".tmp")
+    mark = None
     if d.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        if store is not None:
+            store.clear(dest)  # before any rank uploads into it: a stale copy must not mix with this one
+            mark = uuid.uuid4().hex
+            (tmp / DISK_MARK).write_text(mark, encoding="utf-8")
+    if store is not None:
+        mark = d.broadcast(mark)
     d.barrier()
+    own_disk = store is not None and not d.is_main and _read_mark(tmp) != mark
+    if own_disk:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for stale in rank_files(tmp, d.rank):  # an abandoned attempt's, left on this disk
+            stale.unlink(missing_ok=True)
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(_rng_state(), tmp / f"rng-{d.rank}.pt")
     save_pretrained(model, tmp)
+    if store is not None and own_disk:
+        store.publish_rank_files(tmp, dest, rank_files(tmp, d.rank))
     d.barrier()
     if d.is_main:
+        (tmp / DISK_MARK).unlink(missing_ok=True)
         with written_whole(tmp, dest):
             tokenizer.save_pretrained(tmp)
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -279,7 +314,23 @@ def save_checkpoint(
                 shutil.rmtree(dest)  # a stale checkpoint of the same step from an abandoned attempt
             os.rename(tmp, dest)
     d.barrier()
+    if own_disk:
+        # Every rank of a node of its own removes the folder; they all passed the barrier, so none still
+        # writes into it.
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def rank_files(folder: Path, rank: int) -> list[Path]:
+    """The files of a checkpoint folder that rank ``rank`` alone writes: its DCP shards, its RNG state."""
+    return [*sorted((folder / DCP_DIR).glob(f"__{rank}_*.distcp")), folder / f"rng-{rank}.pt"]
+
+
+def _read_mark(folder: Path) -> str | None:
+    try:
+        return (folder / DISK_MARK).read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def load_checkpoint(ckpt: Path, model: Any, optimizer: torch.optim.Optimizer, d: Dist) -> None:

@@ -297,8 +297,10 @@ class Trainer:
                 since_ckpt.append(read.loss)
 
         evaluator = Evaluator(objective, self.eval_items, self.no_grad)
-        # Rank 0 alone writes to the store: the ranks of one node share the checkpoint folder it uploads.
-        store = StoreSync(spec) if spec.storage_dir is not None and self.dist.is_main else None
+        sync = StoreSync(spec) if spec.storage_dir is not None else None
+        # Rank 0 alone writes the run's files to the store; of a checkpoint, a rank whose disk rank 0
+        # does not share (another node) uploads its own shards first (distributed.save_checkpoint).
+        store = sync if self.dist.is_main else None
         checkpointer = Checkpointer(
             spec.checkpoints_dir.resolve(),
             hp.save_total_limit,
@@ -306,7 +308,7 @@ class Trainer:
             tokenizer,
             optimizer,
             scheduler,
-            store=store,
+            store=sync,
             dist=self.dist,
         )
 

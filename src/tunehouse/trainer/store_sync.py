@@ -117,9 +117,24 @@ class StoreSync:
         rel = Path(local).resolve().relative_to(self.output_dir).as_posix()
         return storage.join(self.url, rel)
 
-    def publish_checkpoint(self, local: Path, last: str) -> str:
-        """Upload a checkpoint folder whole (``last`` after everything else); returns its location."""
-        return storage.put_dir(local, self.location(local), last=last)
+    def publish_checkpoint(self, local: Path, last: str, replace: bool = True) -> str:
+        """Upload a checkpoint folder whole (``last`` after everything else); returns its location.
+        ``replace=False``: other ranks already put their shards there (see publish_rank_files)."""
+        return storage.put_dir(local, self.location(local), last=last, replace=replace)
+
+    def clear(self, local: Path) -> None:
+        """Remove what the store keeps at ``local``'s location (a stale copy of an abandoned attempt)."""
+        url = self.location(local)
+        if storage.has_objects(url):
+            storage.remove(url)
+
+    def publish_rank_files(self, folder: Path, final: Path, files: list[Path]) -> str:
+        """Upload some files of the checkpoint being written in ``folder`` (its ``step-N.tmp``) to where
+        the store keeps ``final`` (its ``step-N``): a rank's own shards, from a disk rank 0 cannot read."""
+        url = self.location(final)
+        for path in files:
+            storage.put_file(path, storage.join(url, path.relative_to(folder).as_posix()))
+        return url
 
     def delete(self, local: Path) -> str:
         url = self.location(local)

@@ -99,3 +99,34 @@ def test_a_checkpoint_is_named_by_its_place_under_the_runs_folder(s3_root: str, 
     assert url == f"{s3_root}/runs/r5/checkpoints/step-3"
     assert storage.read_bytes(f"{url}/optimizer.pt") == b"o"
     assert sync.delete(ckpt) == url and not storage.has_objects(url)
+
+
+def test_shards_another_rank_uploaded_first_stay_when_rank_0_publishes_the_rest(
+    s3_root: str, tmp_path: Path
+) -> None:
+    spec = RunSpec(
+        run_id="r6",
+        model_path=tmp_path / "m",
+        train_files=[tmp_path / "d.jsonl"],
+        output_dir=tmp_path / "node-a",
+        storage_dir=f"{s3_root}/runs/r6",
+    )
+    url = f"{s3_root}/runs/r6/checkpoints/step-3"
+    storage.write_bytes(f"{url}/dcp/__7_0.distcp", b"stale")  # an abandoned attempt's
+    sync = StoreSync(spec)
+    final = tmp_path / "node-a" / "checkpoints" / "step-3"
+    sync.clear(final)  # rank 0, before any rank uploads
+    # Rank 1 writes step-3.tmp under the same path on its own disk (node B) and uploads its files.
+    theirs = tmp_path / "node-b" / "checkpoints" / "step-3.tmp"
+    (theirs / "dcp").mkdir(parents=True)
+    (theirs / "dcp" / "__1_0.distcp").write_bytes(b"s1")
+    (theirs / "rng-1.pt").write_bytes(b"r1")
+    mine = [theirs / "dcp" / "__1_0.distcp", theirs / "rng-1.pt"]
+    assert sync.publish_rank_files(theirs, final, mine) == url
+    (final / "dcp").mkdir(parents=True)
+    (final / "dcp" / "__0_0.distcp").write_bytes(b"s0")
+    (final / "trainer_state.json").write_text("{}")
+    assert sync.publish_checkpoint(final, last="trainer_state.json", replace=False) == url
+    for name, data in [("dcp/__0_0.distcp", b"s0"), ("dcp/__1_0.distcp", b"s1"), ("rng-1.pt", b"r1")]:
+        assert storage.read_bytes(f"{url}/{name}") == data
+    assert not storage.exists(f"{url}/dcp/__7_0.distcp")
