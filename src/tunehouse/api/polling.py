@@ -7,6 +7,9 @@ among the middlewares, so the edge (request id, path normalisation, body limits)
 see these requests as they see any other; it matches the same paths and methods the routes declare and calls
 the same code the routes call. What a handler raises goes to the app's exception handlers, as it would from
 the router; anything else (another path, another method) passes on to the router untouched.
+
+Their reads (`polled_view`) run on the event loop where the database is PostgreSQL (store.loop_reads), and
+in a worker thread (`quick_read`) otherwise.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ async def _handled(request: Request, exc: Exception) -> Response:
 async def quick_read(ctx: AppContext, read: Callable[[Connection], T]) -> T:
     """Runs a read of a few indexed rows in a worker thread of this module's own small pool.
 
-    Not on the event loop: measured under load, one read waiting for a busy database held every other
+    Not blocking the event loop: measured under load, one read waiting for a busy database held every other
     request of the process behind it (p99 in seconds). Not through anyio's thread pool either: its
     per-call bookkeeping cost about as much as the read; a plain executor hand-off costs a fraction.
     The request's context (its id, for log lines) goes with the read."""
