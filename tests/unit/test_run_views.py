@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from tunehouse.core.clock import utcnow
 from tunehouse.core.files import upload_file
 from tunehouse.core.jobs import create_job
 from tunehouse.core.registry import register_builtin
-from tunehouse.core.run_views import RunView, checkpoint_steps, find_run_view, view_of
+from tunehouse.core.run_views import RunView, checkpoint_steps, fetch_run_view, find_run_view, view_of
 from tunehouse.core.runs import DatasetChoice, create_run
 from tunehouse.store.db import Database
 from tunehouse.store.models import Checkpoint, Model, Run
@@ -123,3 +124,39 @@ def test_checkpoints_come_in_step_order(database: Database, make_run: Callable[.
     assert view is not None
     with database.read_connection() as conn:
         assert [step for step, _ in checkpoint_steps(conn, view.id)] == [10, 20, 30]
+
+
+def loop_read(database: Database, key: str, checkpoints: bool) -> RunView | None:
+    async def main() -> RunView | None:
+        reads = database.loop_reads()
+        assert reads is not None
+        try:
+            return await fetch_run_view(
+                reads, database.engine.dialect, account_of(database, key), key, checkpoints
+            )
+        finally:
+            await database.close_loop_reads()
+
+    return asyncio.run(main())
+
+
+def test_the_read_on_the_event_loop_is_the_threaded_read(
+    database: Database, make_run: Callable[..., str]
+) -> None:
+    if not database.is_postgres:
+        pytest.skip("reads on the loop are PostgreSQL's")
+    key = make_run(checkpoint_steps=(5,), output_model="faq-bot-v3")
+    assert loop_read(database, key, checkpoints=False) == polled(database, key)
+
+
+def test_the_read_on_the_event_loop_can_bring_the_checkpoints_in_step_order(
+    database: Database, make_run: Callable[..., str]
+) -> None:
+    if not database.is_postgres:
+        pytest.skip("reads on the loop are PostgreSQL's")
+    key = make_run(checkpoint_steps=(30, 10, 20))
+    view = loop_read(database, key, checkpoints=True)
+    assert view is not None
+    with database.read_connection() as conn:
+        assert view.checkpoints == checkpoint_steps(conn, view.id)
+    assert [step for step, _ in view.checkpoints] == [10, 20, 30]

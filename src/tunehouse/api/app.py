@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, run_scheduler: bool = True) -> 
             await app.state.supervisor.shutdown()  # engines hold memory: none outlives the server
             if scheduler is not None:
                 scheduler.shutdown()
+            await ctx.db.close_loop_reads()
             ctx.db.dispose()
             placement.install(None)
 

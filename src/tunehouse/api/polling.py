@@ -7,6 +7,9 @@ among the middlewares, so the edge (request id, path normalisation, body limits)
 see these requests as they see any other; it matches the same paths and methods the routes declare and calls
 the same code the routes call. What a handler raises goes to the app's exception handlers, as it would from
 the router; anything else (another path, another method) passes on to the router untouched.
+
+Their reads (`polled_view`) run on the event loop where the database is PostgreSQL (store.loop_reads), and
+in a worker thread (`quick_read`) otherwise.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+import psycopg
 from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunehouse.api.context import AppContext
+from tunehouse.core.run_views import RunView, fetch_run_view, find_run_view
 
 T = TypeVar("T")
 
@@ -94,7 +99,7 @@ async def _handled(request: Request, exc: Exception) -> Response:
 async def quick_read(ctx: AppContext, read: Callable[[Connection], T]) -> T:
     """Runs a read of a few indexed rows in a worker thread of this module's own small pool.
 
-    Not on the event loop: measured under load, one read waiting for a busy database held every other
+    Not blocking the event loop: measured under load, one read waiting for a busy database held every other
     request of the process behind it (p99 in seconds). Not through anyio's thread pool either: its
     per-call bookkeeping cost about as much as the read; a plain executor hand-off costs a fraction.
     The request's context (its id, for log lines) goes with the read."""
@@ -118,3 +123,49 @@ def _readers() -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="tunehouse-read")
     return _pool
+
+
+class NeedsConnection(Exception):
+    """A rendering asked OFFLINE for a query: it needs what the view does not hold."""
+
+
+class _Offline:
+    """What a rendering on the event loop gets for its connection: any query it makes raises NeedsConnection
+    (its caller then renders again on a real one)."""
+
+    def execute(self, *args: object, **kwargs: object) -> object:
+        raise NeedsConnection
+
+    def scalars(self, *args: object, **kwargs: object) -> object:
+        raise NeedsConnection
+
+    def scalar(self, *args: object, **kwargs: object) -> object:
+        raise NeedsConnection
+
+
+OFFLINE = _Offline()
+
+Render = Callable[[Connection, RunView | None], T]
+
+
+async def polled_view(
+    ctx: AppContext, account_id: int, key: str, render: Render[T], checkpoints: bool = False
+) -> T:
+    """A polled run rendered as `render` renders its view (None: not found).
+
+    On PostgreSQL the view is read on the event loop (store.loop_reads) and rendered there, with OFFLINE as
+    the connection. A rendering that needs another query (a state shown with its events, a file key not yet
+    known), SQLite, or a read that failed (a lost connection) takes the threaded path instead: the same read
+    and rendering on a pooled connection, so what the caller gets never depends on the path."""
+    reads = ctx.db.loop_reads()
+    if reads is not None:
+        try:
+            view = await fetch_run_view(reads, ctx.db.engine.dialect, account_id, key, checkpoints)
+        except psycopg.Error:
+            reads.drop_idle()
+        else:
+            try:
+                return render(OFFLINE, view)  # type: ignore[arg-type]
+            except NeedsConnection:
+                pass
+    return await quick_read(ctx, lambda conn: render(conn, find_run_view(conn, account_id, key)))

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select, bindparam, func, select
+from sqlalchemy import Connection, Dialect, Select, bindparam, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
+from tunehouse.store.loop_reads import LoopReads
 from tunehouse.store.models import Checkpoint, Job, Model, Run
 
 
@@ -46,6 +48,8 @@ class RunView:
     job_workspace: str | None
     output_model_name: str | None  # None also when the produced model row is gone
     checkpoint_count: int | None  # None: not counted (view_of without count=True)
+    # (step, metrics) of each checkpoint in step order; None: not read with the run (see checkpoint_steps)
+    checkpoints: list[tuple[int, dict[str, Any]]] | None = None
 
 
 _COUNT = select(func.count()).where(Checkpoint.run_id == Run.id).correlate(Run).scalar_subquery()
@@ -84,10 +88,43 @@ _BY_KEY = (
 )
 
 
+# The same row with the run's checkpoints folded in (PostgreSQL): Qianfan's task lists them, and one round
+# trip per poll costs less than two.
+_STEP = Checkpoint.step
+_CHECKPOINT_LIST = (
+    select(
+        func.coalesce(
+            func.json_agg(
+                aggregate_order_by(func.json_build_array(Checkpoint.step, Checkpoint.metrics), _STEP)
+            ),
+            literal_column("'[]'::json"),
+        )
+    )
+    .where(Checkpoint.run_id == Run.id)
+    .correlate(Run)
+    .scalar_subquery()
+)
+_BY_KEY_WITH_CHECKPOINTS = _BY_KEY.add_columns(_CHECKPOINT_LIST)
+
+
 def find_run_view(conn: Connection | Session, account_id: int, key: str) -> RunView | None:
     """The account's run with this key, unless deleted (another account's run is simply not found)."""
     rows = _rows(conn, _BY_KEY, {"account_id": account_id, "key": key})
     return RunView(*rows[0]) if rows else None
+
+
+async def fetch_run_view(
+    reads: LoopReads, dialect: Dialect, account_id: int, key: str, checkpoints: bool = False
+) -> RunView | None:
+    """`find_run_view` on the event loop (PostgreSQL); `checkpoints` also reads the run's checkpoints."""
+    stmt = _BY_KEY_WITH_CHECKPOINTS if checkpoints else _BY_KEY
+    rows = await reads.fetch(_sql(stmt, dialect), {"account_id": account_id, "key": key})
+    if not rows:
+        return None
+    if not checkpoints:
+        return RunView(*rows[0])
+    *row, steps = rows[0]
+    return RunView(*row, checkpoints=[(int(step), metrics) for step, metrics in steps])
 
 
 def view_of(s: Session, run: Run, count: bool = True) -> RunView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from tunehouse.store.loop_reads import LoopReads, conninfo_of
 from tunehouse.store.text_guard import refuse_nul_text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -111,6 +113,7 @@ class Database:
             refuse_nul_text(reads)
         self._read_sessions = sessionmaker(reads, expire_on_commit=False)
         self._reads = reads
+        self._loop_reads: LoopReads | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -136,6 +139,22 @@ class Database:
         """A Core connection for the same reads, without a Session's bookkeeping (the polled status calls)."""
         with self._reads.connect() as conn:
             yield conn
+
+    def loop_reads(self) -> LoopReads | None:
+        """The running event loop's pool of asynchronous read connections (PostgreSQL); None on SQLite, or
+        from a loop other than the one that first asked (its connections cannot serve another loop)."""
+        if not self.is_postgres:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._loop_reads is None:
+            self._loop_reads = LoopReads(conninfo_of(self.url), loop)
+        return self._loop_reads if self._loop_reads.loop is loop else None
+
+    async def close_loop_reads(self) -> None:
+        """Closes that pool, from the loop it belongs to (the app's lifespan ends in it)."""
+        reads, self._loop_reads = self._loop_reads, None
+        if reads is not None and reads.loop is asyncio.get_running_loop():
+            await reads.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -28,7 +28,7 @@ from tunehouse.api.dashscope.schemas import CreateFineTune, optional_str
 from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
-from tunehouse.api.polling import PolledCall, quick_read, template_pattern
+from tunehouse.api.polling import PolledCall, polled_view, template_pattern
 from tunehouse.core import catalog
 from tunehouse.core import files as file_svc
 from tunehouse.core import jobs as job_svc
@@ -41,7 +41,7 @@ from tunehouse.core.file_keys import file_keys
 from tunehouse.core.follow import RunFollower, Tick
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import resolve_model
-from tunehouse.core.run_views import RunView, find_run_view, view_of
+from tunehouse.core.run_views import RunView, view_of
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Event, File, Job, Run
 
@@ -460,15 +460,14 @@ async def poll_fine_tune(request: Request, job_id: str) -> Response:
         raise _not_found(job_id)
     key, stamp = parsed
 
-    def read(conn: Connection) -> dict[str, Any]:
-        view = find_run_view(conn, caller.account_id, key)
+    def render(conn: Connection, view: RunView | None) -> dict[str, Any]:
         if view is None or not names.stamp_matches(stamp, view.created_at):
             raise _not_found(job_id)
         if caller.workspace is not None and view.job_workspace != caller.workspace:
             raise _not_found(job_id)
         return render_view(conn, view, caller)
 
-    return _output(await quick_read(ctx, read))
+    return _output(await polled_view(ctx, caller.account_id, key, render))
 
 
 POLLED = PolledCall(

@@ -24,7 +24,7 @@ from tunehouse.api.openai.common import bad_cursor, limit_param, listing
 from tunehouse.api.openai.errors import OpenAIError, OpenAIRoute, openai_guarded
 from tunehouse.api.openai.files import lookup as lookup_file
 from tunehouse.api.openai.schemas import CreateFineTuningJob
-from tunehouse.api.polling import PolledCall, quick_read, template_pattern
+from tunehouse.api.polling import PolledCall, polled_view, template_pattern
 from tunehouse.core import catalog
 from tunehouse.core import jobs as job_svc
 from tunehouse.core import runs as run_svc
@@ -33,7 +33,7 @@ from tunehouse.core.events import record_event
 from tunehouse.core.file_keys import file_keys
 from tunehouse.core.ids import strip_prefix
 from tunehouse.core.registry import ResolvedModel, resolve_model, run_by_output_name
-from tunehouse.core.run_views import RunView, find_run_view, view_of
+from tunehouse.core.run_views import RunView, view_of
 from tunehouse.core.states import TERMINAL, RunState
 from tunehouse.store.models import Checkpoint, Event, File, Model, Run
 
@@ -397,13 +397,12 @@ async def poll_job(request: Request, job_id: str) -> Response:
     if key is None:
         raise _not_found(job_id)
 
-    def read(conn: Connection) -> dict[str, Any]:
-        view = find_run_view(conn, caller.account_id, key)
+    def render(conn: Connection, view: RunView | None) -> dict[str, Any]:
         if view is None:
             raise _not_found(job_id)
         return render_view(conn, view, caller)
 
-    return JSONResponse(await quick_read(ctx, read))
+    return JSONResponse(await polled_view(ctx, caller.account_id, key, render))
 
 
 POLLED = PolledCall(

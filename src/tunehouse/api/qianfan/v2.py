@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -19,7 +19,7 @@ from tunehouse.api.context import AppContext, ctx_of, run_page_url
 from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
-from tunehouse.api.polling import PolledCall, quick_read, template_pattern
+from tunehouse.api.polling import PolledCall, polled_view, template_pattern
 from tunehouse.api.qianfan.auth import qianfan_account
 from tunehouse.api.qianfan.errors import qianfan_v2_error, v2_failure
 from tunehouse.api.qianfan.names import (
@@ -161,7 +161,10 @@ def render_task(s: Session | Connection, run: RunView, public_url: str) -> dict[
         out["metrics"] = _metrics(run.metrics)
     if status in ("Done", "Stopped"):
         # A stopped run saved a checkpoint on the way out; it is as usable as a finished run's.
-        steps = checkpoint_steps(s, run.id) if run.checkpoint_count != 0 else []
+        if run.checkpoints is not None:
+            steps = run.checkpoints
+        else:
+            steps = checkpoint_steps(s, run.id) if run.checkpoint_count != 0 else []
         out["checkpointList"] = [checkpoint_item(step, _with_perplexity(m)) for step, m in steps]
     if status == "Failed" and run.error:
         out["errorMessage"] = run.error
@@ -354,8 +357,25 @@ ACTIONS: dict[str, Handler] = {
 }
 
 
-# The status call clients poll: it writes nothing, so it reads on a plain connection, no transaction.
-READ_ONLY: frozenset[Callable[..., Any]] = frozenset({describe_task})
+async def poll_task(ctx: AppContext, account: int, body: dict[str, Any]) -> Any:
+    """describe_task as clients poll it: the run and its checkpoints read in one statement, on the event loop
+    where the database allows (api.polling.polled_view)."""
+    task_id = TaskIdBody.model_validate(body).taskId
+    key = strip_prefix(task_id, TASK)
+    if key is None:
+        raise NotFound("task", task_id)
+
+    def render(conn: Connection, view: RunView | None) -> Any:
+        if view is None:
+            raise NotFound("task", task_id)  # in the caller's terms, whatever the reason
+        return render_task(conn, view, ctx.settings.public_url)
+
+    return await polled_view(ctx, account, key, render, checkpoints=True)
+
+
+# The status call clients poll, by the action it answers: it writes nothing, so it reads without a session.
+Polled = Callable[[AppContext, int, dict[str, Any]], Awaitable[Any]]
+POLLED_ACTIONS: dict[str, Polled] = {"DescribeFineTuningTask": poll_task}
 
 
 def _answer(rid: str, work: Callable[[], Any]) -> JSONResponse:
@@ -363,6 +383,10 @@ def _answer(rid: str, work: Callable[[], Any]) -> JSONResponse:
         result = work()
     except Exception as exc:
         return v2_failure(exc, rid)
+    return _reply(rid, result)
+
+
+def _reply(rid: str, result: Any) -> JSONResponse:
     return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
 
 
@@ -381,11 +405,11 @@ async def v2_finetuning(request: Request) -> JSONResponse:
 
 
 async def v2_action(request: Request) -> JSONResponse:
-    return await dispatch(request, ACTIONS, READ_ONLY)
+    return await dispatch(request, ACTIONS, POLLED_ACTIONS)
 
 
 async def dispatch(
-    request: Request, actions: dict[str, Handler], read_only: frozenset[Callable[..., Any]] = frozenset()
+    request: Request, actions: dict[str, Handler], polled: dict[str, Polled] | None = None
 ) -> JSONResponse:
     """A V2 console call (`POST <path>?Action=…`): signed, routed by Action, answered in V2's envelope."""
     ctx = ctx_of(request)
@@ -398,8 +422,13 @@ async def dispatch(
     body = await json_object(request, empty={})
     if body is None:
         return qianfan_v2_error(400, "MalformedJSON", "the body must be a JSON object", req_id=rid)
-    if handler in read_only:
-        return await quick_read(ctx, lambda conn: _answer(rid, lambda: handler(conn, ctx, account, body)))
+    poll = polled.get(action) if polled is not None else None
+    if poll is not None:
+        try:
+            result = await poll(ctx, account, body)
+        except Exception as exc:
+            return v2_failure(exc, rid)
+        return _reply(rid, result)
     return await run_in_threadpool(_answer, rid, lambda: _in_session(ctx, handler, account, body))
 
 

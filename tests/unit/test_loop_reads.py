@@ -1,0 +1,110 @@
+"""Reads on the event loop (PostgreSQL): a bounded pool of one loop's connections, none lent again after
+it failed, and a polled rendering that needs more than the view still answered on a real connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Connection, text
+
+from tunehouse.api.context import AppContext
+from tunehouse.api.polling import OFFLINE, polled_view
+from tunehouse.store.db import Database
+from tunehouse.store.loop_reads import LoopReads, conninfo_of
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PID = "SELECT pg_backend_pid()"
+
+
+@pytest.fixture
+def pg(database: Database) -> Iterator[Database]:
+    if not database.is_postgres:
+        pytest.skip("reads on the loop are PostgreSQL's")
+    yield database
+
+
+def on_loop(pg: Database, work: Callable[[LoopReads], Any]) -> Any:
+    async def main() -> Any:
+        reads = LoopReads(conninfo_of(pg.url), asyncio.get_running_loop(), size=2)
+        try:
+            return await work(reads)
+        finally:
+            await reads.close()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_reads_share_at_most_the_pools_size_of_connections(pg: Database) -> None:
+    async def work(reads: LoopReads) -> list[int]:
+        rows = await asyncio.gather(
+            *(reads.fetch("SELECT pg_backend_pid(), pg_sleep(0.05)", {}) for _ in range(6))
+        )
+        return [r[0][0] for r in rows]
+
+    pids = on_loop(pg, work)
+    assert len(pids) == 6
+    assert len(set(pids)) <= 2
+
+
+def test_a_connection_whose_server_process_ended_is_not_lent_again(pg: Database) -> None:
+    async def work(reads: LoopReads) -> tuple[int, int]:
+        ((first,),) = await reads.fetch(PID, {})
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        with pytest.raises(psycopg.OperationalError):
+            await reads.fetch(PID, {})
+        ((second,),) = await reads.fetch(PID, {})
+        return first, second
+
+    first, second = on_loop(pg, work)
+    assert second != first
+
+
+def test_sqlite_has_no_reads_on_the_loop(database: Database) -> None:
+    if database.is_postgres:
+        pytest.skip("SQLite's case")
+
+    async def main() -> LoopReads | None:
+        return database.loop_reads()
+
+    assert asyncio.run(main()) is None
+
+
+def test_the_pool_serves_only_the_loop_it_was_made_on_until_closed(pg: Database) -> None:
+    async def first() -> LoopReads | None:
+        return pg.loop_reads()
+
+    async def other() -> LoopReads | None:
+        return pg.loop_reads()
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(first()) is not None
+        assert asyncio.run(other()) is None
+        loop.run_until_complete(pg.close_loop_reads())
+    finally:
+        loop.close()
+    assert asyncio.run(other()) is not None
+    asyncio.run(pg.close_loop_reads())
+
+
+def test_a_polled_rendering_that_queries_is_answered_on_a_real_connection(pg: Database) -> None:
+    ctx = AppContext(settings=None, db=pg, box=None)  # type: ignore[arg-type]
+    given: list[object] = []
+
+    def render(conn: Connection, view: object) -> int:
+        given.append(conn)
+        return int(conn.execute(text("SELECT 41 + 1")).scalar_one())
+
+    async def main() -> int:
+        try:
+            return await polled_view(ctx, 0, "nosuchrun000", render)
+        finally:
+            await pg.close_loop_reads()
+
+    assert asyncio.run(main()) == 42
+    assert given[0] is OFFLINE and isinstance(given[1], Connection)
