@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# Test modules run on this many worker processes, each module whole on one (its fixtures are per module).
+TEST_WORKERS ?= 2
 
 .PHONY: serve test lint install install-test
 
@@ -31,4 +33,4 @@ test: install-test
 	scripts/ensure-postgres
 	scripts/ensure-chromium
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
