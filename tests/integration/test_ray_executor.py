@@ -88,6 +88,9 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 "TUNEHOUSE_CPU_RANKS": "2",
                 "TUNEHOUSE_RAY_PLACEMENT": "spread",
                 "GLOO_SOCKET_IFNAME": "lo",
+                # Short, so that a run whose workers cannot be placed fails within the test's patience.
+                "TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S": "15",
+                "TUNEHOUSE_RAY_PLACEMENT_RETRIES": "1",
             },
         )
         server.start()
@@ -354,6 +357,40 @@ def test_a_two_worker_run_spans_both_nodes_and_trains_as_one_process_over_the_sa
     assert spread_losses.keys() == single_losses.keys() and len(spread_losses) >= 4
     for step, loss in single_losses.items():
         assert spread_losses[step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_a_two_worker_run_the_cluster_cannot_place_after_its_launch_fails_with_what_was_not_placed(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # node2's only CPU taken: the cluster still has what the spread run asks for (the create and the
+    # launch accept it), but Ray can place one of its two workers only.
+    jobs = stack.jobs()
+    hog = jobs.submit_job(
+        entrypoint="sleep 900",
+        submission_id=f"hog-{uuid.uuid4().hex[:6]}",
+        entrypoint_num_cpus=1,
+        entrypoint_resources={"node2": 1},
+    )
+    try:
+        wait_for(lambda: jobs.get_job_status(hog) == "RUNNING", timeout=120)
+        task = qianfan_task(finetune, chat_file, {"gpus": 2}, {"epoch": 1})
+        key = task.removeprefix("task-")
+        client = stack.client(strict=False)
+        # 2 tries of 15 s, with the driver's start and Ray Train's backoff: well within the deadline.
+        done = wait_done(client, f"ftjob-{key}", timeout=240)
+    finally:
+        jobs.stop_job(hog)
+        wait_for(lambda: jobs.get_job_status(hog) in ("STOPPED", "FAILED"), timeout=120)
+    assert done.status == "failed"
+    reason = (
+        "the Ray cluster did not place the run's 2 workers (1 CPU each, STRICT_SPREAD) within 15 s, 2 times"
+    )
+    assert done.error is not None and reason in done.error.message, done.error
+    assert any(reason in m for m in messages(client, done.id))  # the failed status event
+    info = jobs.get_job_info(key)
+    assert info.status == "FAILED" and info.driver_exit_code == 1, info  # EXIT_FAILED
+    assert "--placement-timeout-s 15 --placement-retries 1 " in info.entrypoint
+    assert set(ray_jobs_of(stack, key)) == {key}  # failed, not resumed
 
 
 # ---- Ray with the artifacts in S3 (SeaweedFS in the same namespace) --------------------------------
