@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -391,6 +392,33 @@ def test_a_two_worker_run_the_cluster_cannot_place_after_its_launch_fails_with_w
     assert info.status == "FAILED" and info.driver_exit_code == 1, info  # EXIT_FAILED
     assert "--placement-timeout-s 15 --placement-retries 1 " in info.entrypoint
     assert set(ray_jobs_of(stack, key)) == {key}  # failed, not resumed
+
+
+def test_a_two_worker_run_that_loses_a_node_mid_run_ends_failed_with_the_reason_in_bounded_time(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # The remaining node cannot hold a STRICT_SPREAD run of two: no resume could ever be placed.
+    task = qianfan_task(finetune, chat_file, {"gpus": 2}, {"epoch": 20, "batchSize": 1})
+    key = task.removeprefix("task-")
+    client = stack.client(strict=False)
+    job_id = f"ftjob-{key}"
+    try:
+        wait_step(stack.client(), job_id, at_least=3)
+        started = time.monotonic()
+        stack.cluster.nodes["node2"].kill()
+        done = wait_done(client, job_id, timeout=400)
+        took = time.monotonic() - started
+    finally:
+        stack.cluster.add_node("node2", 1)  # the cluster whole again for the tests after this one
+        stack.cluster.wait_for_nodes(2)
+    said = messages(client, job_id)
+    print(f"ended {done.status} {took:.0f} s after the kill: {done.error}")
+    assert done.status == "failed", said
+    assert done.error is not None and done.error.message, done
+    # Not waiting on a placement that can never come: ended at once, its one job never retried by Ray.
+    assert took < 120
+    runs = ray_jobs_of(stack, key)
+    assert set(runs) == {key} and runs[key].status == "FAILED", runs
 
 
 # ---- Ray with the artifacts in S3 (SeaweedFS in the same namespace) --------------------------------
