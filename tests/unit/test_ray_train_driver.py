@@ -12,7 +12,13 @@ import pytest
 
 from tunehouse.contract.events import read_events
 from tunehouse.contract.spec import RunSpec
-from tunehouse.trainer.ray_train import never_placed, report_failure, unplaced_reason
+from tunehouse.trainer.ray_train import (
+    TrainerExit,
+    lost_worker,
+    never_placed,
+    report_failure,
+    unplaced_reason,
+)
 
 
 def test_a_worker_group_that_timed_out_waiting_for_placement_was_never_placed() -> None:
@@ -50,3 +56,25 @@ def test_the_reason_is_the_runs_error_event_after_its_earlier_attempts_events(tm
     events = read_events(spec.events_path)
     assert [(e["seq"], e["type"]) for e in events] == [(7, "log"), (8, "error"), (9, "status")]
     assert events[1]["payload"]["reason"] == "not placed" and events[2]["payload"]["state"] == "failed"
+
+
+def test_a_worker_whose_actor_died_is_the_runs_reason_not_the_survivors_broken_collective() -> None:
+    pytest.importorskip("ray.train.v2")
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    # As Ray Train reports a worker whose node died: its health check failed with the actor's error.
+    died = WorkerHealthCheckFailedError("Worker health check failed", failure=ActorDiedError())
+    failures = {0: RuntimeError("tunehouse trainer exited with code 1"), 1: died}
+    reason = lost_worker(WorkerGroupError("workers failed", failures), 2)  # type: ignore[arg-type]
+    assert reason is not None and reason.startswith("worker rank 1 of 2 was lost (ActorDiedError: ")
+
+
+def test_trainers_that_failed_on_their_own_leave_their_own_reason() -> None:
+    pytest.importorskip("ray.train.v2")
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    failures: dict[int, Exception] = {0: TrainerExit(4), 1: TrainerExit(1)}
+    assert lost_worker(WorkerGroupError("workers failed", failures), 2) is None
+    assert lost_worker(RuntimeError("no workers"), 2) is None

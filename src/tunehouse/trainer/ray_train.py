@@ -94,6 +94,22 @@ def never_placed(exc: BaseException) -> bool:
     return failure is not None and any(t.__name__ in UNPLACED_ERRORS for t in type(failure).__mro__)
 
 
+def lost_worker(exc: BaseException, workers: int) -> str | None:
+    """The run's error when a worker's process died (its node lost, say) rather than its trainer failing:
+    the surviving ranks only report the broken collective. None when no worker's actor died."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        # A dead worker is heard of as its failed health check, which holds the actor's error.
+        failure = getattr(failures[rank], "health_check_failure", None) or failures[rank]
+        if any(t.__name__ == "RayActorError" for t in type(failure).__mro__):
+            said = next((ln.strip() for ln in str(failure).splitlines() if ln.strip()), "")
+            return (
+                f"worker rank {rank} of {workers} was lost ({type(failure).__name__}: {said}); "
+                "Ray Train ended the other workers"
+            )
+    return None
+
+
 def unplaced_reason(
     workers: int, resources: dict[str, float], strategy: str, timeout_s: float, retries: int
 ) -> str:
@@ -176,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tunehouse: {reason}", file=sys.stderr, flush=True)
             return EXIT_FAILED
         code = _exit_code(exc)
+        lost = lost_worker(exc, args.workers)
+        if lost is not None:  # after rank 0's own report of the broken collective: the run's error is this
+            report_failure(spec, lost)
         print(f"tunehouse: the run's workers ended with exit code {code}: {exc}", file=sys.stderr, flush=True)
         return code
     return 0
