@@ -8,14 +8,15 @@ as the local executor's torchrun ranks (tunehouse.trainer.__main__), so distribu
 group formed. Rank 0 alone reports events, as under torchrun.
 
 The job's exit code is rank 0's (else the first failed rank's): what the scheduler reads, besides the
-trainer's own events. Ray Train retries nothing (``max_failures=0``): a lost worker ends the job, and the
-scheduler resumes the run from its last checkpoint like any lost trainer.
+trainer's own events. Ray Train retries nothing (``max_failures=0``): a lost worker (its node died) ends
+the job, and the driver reports that worker as the run's error, after rank 0's own report of the broken
+collective, which says nothing of why.
 
 Placement is bounded: Ray Train waits T seconds for the cluster to place every worker, then asks again,
 by default for ever (``FailureConfig.controller_failure_limit`` = -1), so a cluster that lost the node a
 STRICT_SPREAD run needs after the launch's check would leave the job running with no worker and no word.
 Here it asks R more times; then the driver reports what could not be placed as the run's error (an event,
-as rank 0 would) and exits EXIT_FAILED, with the reason as its last log line.
+as rank 0 would), prints it, and exits EXIT_FAILED.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def unplaced_reason(
 
 def report_failure(spec: RunSpec, reason: str) -> None:
     """The reason as the run's error event and a failed status, in the run's event log (in the store
-    when the run lives there), as a trainer that fails reports it; no rank ran, so no one else writes."""
+    when the run lives there), as a trainer that fails reports it. Only once every worker has ended: no
+    one else writes the log then."""
     from tunehouse.trainer.events import EventWriter
     from tunehouse.trainer.store_sync import EventMirror
 
