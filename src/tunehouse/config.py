@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunehouse import storage
 from tunehouse.executors.gpus import gpus_from_env
+from tunehouse.executors.ray import PLACEMENT_RETRIES, PLACEMENT_TIMEOUT_S
 
 EXECUTORS = ("local", "ray")
 RAY_PLACEMENTS = ("pack", "spread")
@@ -37,6 +38,11 @@ class Settings:
     # How Ray places the workers of a multi-worker run: "pack" (as few nodes as fit them) or "spread" (each
     # worker on a node of its own, STRICT_SPREAD), from TUNEHOUSE_RAY_PLACEMENT.
     ray_placement: str = "pack"
+    # How long the Ray Train driver waits for the cluster to place all workers of a multi-worker run
+    # (TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S), and how many more times it asks (TUNEHOUSE_RAY_PLACEMENT_RETRIES)
+    # before the run fails with what could not be placed: Ray Train alone would ask for ever.
+    ray_placement_timeout_s: float = PLACEMENT_TIMEOUT_S
+    ray_placement_retries: int = PLACEMENT_RETRIES
     # Where artifacts live (TUNEHOUSE_STORAGE_URL): "" = the home directory, else s3://bucket/prefix.
     storage_url: str = ""
 
@@ -117,7 +123,18 @@ def load_settings() -> Settings:
         ray_address=os.environ.get("TUNEHOUSE_RAY_ADDRESS", ""),
         ray_python=os.environ.get("TUNEHOUSE_RAY_PYTHON", ""),
         ray_placement=_ray_placement(),
+        ray_placement_timeout_s=_positive("TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S", PLACEMENT_TIMEOUT_S),
+        ray_placement_retries=max(
+            0, int(os.environ.get("TUNEHOUSE_RAY_PLACEMENT_RETRIES", PLACEMENT_RETRIES))
+        ),
     )
+
+
+def _positive(name: str, default: float) -> float:
+    value = float(os.environ.get(name) or default)
+    if value <= 0:
+        raise ValueError(f"{name}={value:g}: expected a number of seconds above 0")
+    return value
 
 
 def _ray_placement() -> str:

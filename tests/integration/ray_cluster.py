@@ -238,7 +238,13 @@ class RayCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                if len(list_nodes(address=self.jobs_address, filters=[("state", "=", "ALIVE")])) >= count:
+                # A dead node's details may be gone (after a kill): that must not hide the live ones.
+                alive = list_nodes(
+                    address=self.jobs_address,
+                    filters=[("state", "=", "ALIVE")],
+                    raise_on_missing_output=False,
+                )
+                if len(alive) >= count:
                     return
             time.sleep(0.5)
         raise AssertionError(f"the Ray cluster did not reach {count} live nodes")

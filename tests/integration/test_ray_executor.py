@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,9 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 "TUNEHOUSE_CPU_RANKS": "2",
                 "TUNEHOUSE_RAY_PLACEMENT": "spread",
                 "GLOO_SOCKET_IFNAME": "lo",
+                # Short, so that a run whose workers cannot be placed fails within the test's patience.
+                "TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S": "15",
+                "TUNEHOUSE_RAY_PLACEMENT_RETRIES": "1",
             },
         )
         server.start()
@@ -356,6 +360,68 @@ def test_a_two_worker_run_spans_both_nodes_and_trains_as_one_process_over_the_sa
         assert spread_losses[step] == pytest.approx(loss, rel=1e-4), step
 
 
+def test_a_two_worker_run_the_cluster_cannot_place_after_its_launch_fails_with_what_was_not_placed(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # node2's only CPU taken: the cluster still has what the spread run asks for (the create and the
+    # launch accept it), but Ray can place one of its two workers only.
+    jobs = stack.jobs()
+    hog = jobs.submit_job(
+        entrypoint="sleep 900",
+        submission_id=f"hog-{uuid.uuid4().hex[:6]}",
+        entrypoint_num_cpus=1,
+        entrypoint_resources={"node2": 1},
+    )
+    try:
+        wait_for(lambda: jobs.get_job_status(hog) == "RUNNING", timeout=120)
+        task = qianfan_task(finetune, chat_file, {"gpus": 2}, {"epoch": 1})
+        key = task.removeprefix("task-")
+        client = stack.client(strict=False)
+        # 2 tries of 15 s, with the driver's start and Ray Train's backoff: well within the deadline.
+        done = wait_done(client, f"ftjob-{key}", timeout=240)
+    finally:
+        jobs.stop_job(hog)
+        wait_for(lambda: jobs.get_job_status(hog) in ("STOPPED", "FAILED"), timeout=120)
+    assert done.status == "failed"
+    reason = (
+        "the Ray cluster did not place the run's 2 workers (1 CPU each, STRICT_SPREAD) within 15 s, 2 times"
+    )
+    assert done.error is not None and reason in done.error.message, done.error
+    assert any(reason in m for m in messages(client, done.id))  # the failed status event
+    info = jobs.get_job_info(key)
+    assert info.status == "FAILED" and info.driver_exit_code == 1, info  # EXIT_FAILED
+    assert "--placement-timeout-s 15 --placement-retries 1 " in info.entrypoint
+    assert set(ray_jobs_of(stack, key)) == {key}  # failed, not resumed
+
+
+def test_a_two_worker_run_that_loses_a_node_mid_run_ends_failed_with_the_reason_in_bounded_time(
+    stack: Stack, chat_file: str, finetune: Any
+) -> None:
+    # The remaining node cannot hold a STRICT_SPREAD run of two: no resume could ever be placed.
+    task = qianfan_task(finetune, chat_file, {"gpus": 2}, {"epoch": 20, "batchSize": 1})
+    key = task.removeprefix("task-")
+    client = stack.client(strict=False)
+    job_id = f"ftjob-{key}"
+    try:
+        wait_step(stack.client(), job_id, at_least=3)
+        started = time.monotonic()
+        stack.cluster.nodes["node2"].kill()
+        done = wait_done(client, job_id, timeout=400)
+        took = time.monotonic() - started
+    finally:
+        stack.cluster.add_node("node2", 1)  # the cluster whole again for the tests after this one
+        stack.cluster.wait_for_nodes(2)
+    said = messages(client, job_id)
+    print(f"ended {done.status} {took:.0f} s after the kill: {done.error}")
+    assert done.status == "failed", said
+    # The lost worker is the reason, not the broken collective the surviving rank reported.
+    assert done.error is not None and " of 2 was lost (" in done.error.message, done.error
+    # Not waiting on a placement that can never come: ended at once, its one job never retried by Ray.
+    assert took < 120
+    runs = ray_jobs_of(stack, key)
+    assert set(runs) == {key} and runs[key].status == "FAILED", runs
+
+
 # ---- Ray with the artifacts in S3 (SeaweedFS in the same namespace) --------------------------------
 S3_ROOT = f"s3://{BUCKET}/th-ray"
 
@@ -485,7 +551,9 @@ def test_the_node_killed_mid_run_resumes_the_run_from_its_checkpoint_on_the_othe
 ) -> None:
     from ray.util.state import list_nodes
 
-    nodes = list_nodes(address=stack.cluster.jobs_address)
+    # The live ones: a node2 restarted by an earlier test is listed beside its dead predecessor.
+    alive = [("state", "=", "ALIVE")]
+    nodes = list_nodes(address=stack.cluster.jobs_address, filters=alive, raise_on_missing_output=False)
     node2 = next(n.node_id for n in nodes if "node2" in (n.resources_total or {}))
     head = next(n.node_id for n in nodes if n.is_head_node)
     jobs = stack.jobs()

@@ -286,8 +286,32 @@ def test_the_workers_entrypoint_runs_the_ray_train_driver_with_the_plan() -> Non
     line = entrypoint("/py", "s3://b/runs/k/spec.json", Workers(2, 0, 1.0, "STRICT_SPREAD"))
     assert line == (
         "exec /py -m tunehouse.trainer.ray_train --workers 2 --gpus-each 0 --cpus-each 1 "
-        "--strategy STRICT_SPREAD s3://b/runs/k/spec.json"
+        "--strategy STRICT_SPREAD --placement-timeout-s 300 --placement-retries 2 s3://b/runs/k/spec.json"
     )
+
+
+def test_the_workers_entrypoint_bounds_the_wait_for_their_placement_as_configured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNEHOUSE_EXECUTOR", "ray")
+    monkeypatch.setenv("TUNEHOUSE_RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setenv("TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S", "45")
+    monkeypatch.setenv("TUNEHOUSE_RAY_PLACEMENT_RETRIES", "0")
+    executor = build_executor(load_settings())
+    assert isinstance(executor, RayExecutor)
+    assert (executor.placement_timeout_s, executor.placement_retries) == (45.0, 0)
+    line = entrypoint("/py", "/s.json", Workers(2, 0, 1.0, "PACK"), 45.0, 0)
+    assert " --placement-timeout-s 45 --placement-retries 0 /s.json" in line
+
+
+def test_a_placement_wait_of_zero_seconds_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match="TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S"):
+        load_settings()
 
 
 def test_a_run_of_two_ranks_is_one_driver_job_holding_nothing_itself(tmp_path: Path) -> None:

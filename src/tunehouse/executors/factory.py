@@ -18,6 +18,8 @@ def build_executor(settings: Settings) -> Executor:
             settings.ray_python or None,
             cpu_ranks=settings.cpu_ranks,
             placement=settings.ray_placement,
+            placement_timeout_s=settings.ray_placement_timeout_s,
+            placement_retries=settings.ray_placement_retries,
         )
     from tunehouse.executors.local import LocalExecutor
 

@@ -12,6 +12,9 @@ A run of several ranks (RunSpec.gpus > 1) is one job whose driver (tunehouse.tra
 same trainer as Ray Train ``TorchTrainer`` workers, one per rank: one GPU each on a cluster with GPUs, else
 CPU workers over gloo (at most TUNEHOUSE_CPU_RANKS, as on the local executor). The workers are packed on
 as few nodes as hold them, or each on a node of its own (STRICT_SPREAD) with TUNEHOUSE_RAY_PLACEMENT=spread.
+The driver waits a bounded time for Ray to place its workers (TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S, asked again
+TUNEHOUSE_RAY_PLACEMENT_RETRIES times): a cluster that lost a node after the launch's check passed fails
+the run with what could not be placed, instead of a job that waits for ever.
 
 With the artifacts in an object store nothing depends on a disk shared with the nodes: the job reads its
 spec from the store, the stop request is an object beside the run's events there, and the scheduler reads
@@ -65,6 +68,9 @@ REPORT_DEVICES_ENV = "TUNEHOUSE_REPORT_DEVICES"
 # How long the create-time check trusts its view of the cluster's nodes.
 NODES_FRESH_S = 30.0
 STRATEGIES = {"pack": "PACK", "spread": "STRICT_SPREAD"}
+# The defaults of TUNEHOUSE_RAY_PLACEMENT_TIMEOUT_S and TUNEHOUSE_RAY_PLACEMENT_RETRIES (config.Settings).
+PLACEMENT_TIMEOUT_S = 300.0
+PLACEMENT_RETRIES = 2
 
 
 class Unplaceable(RuntimeError):
@@ -176,9 +182,16 @@ def cluster_refusal(request: Request, nodes: list[dict[str, float]], address: st
     return None
 
 
-def entrypoint(python: str, spec_path: Path | str, workers: Workers | None = None) -> str:
-    """The job's command: the trainer itself, or for several workers the Ray Train driver. ``spec_path`` is
-    the spec's location on the nodes: a local path, or its URL in the object store."""
+def entrypoint(
+    python: str,
+    spec_path: Path | str,
+    workers: Workers | None = None,
+    placement_timeout_s: float = PLACEMENT_TIMEOUT_S,
+    placement_retries: int = PLACEMENT_RETRIES,
+) -> str:
+    """The job's command: the trainer itself, or for several workers the Ray Train driver, with how long
+    it waits for its workers to be placed and how many more times it asks. ``spec_path`` is the spec's
+    location on the nodes: a local path, or its URL in the object store."""
     # `exec`: the trainer is the job's process itself, so a signal's exit code reaches the Jobs API
     # unchanged. An absolute interpreter: the node's PATH may find a python without Tunehouse.
     spec = shlex.quote(str(spec_path))
@@ -187,7 +200,7 @@ def entrypoint(python: str, spec_path: Path | str, workers: Workers | None = Non
     return (
         f"exec {shlex.quote(python)} -m tunehouse.trainer.ray_train --workers {workers.count} "
         f"--gpus-each {workers.gpus_each} --cpus-each {workers.cpus_each:g} --strategy {workers.strategy} "
-        f"{spec}"
+        f"--placement-timeout-s {placement_timeout_s:g} --placement-retries {placement_retries} {spec}"
     )
 
 
@@ -209,7 +222,13 @@ class RayExecutor:
     name = "ray"
 
     def __init__(
-        self, address: str, python: str | None = None, cpu_ranks: int = 1, placement: str = "pack"
+        self,
+        address: str,
+        python: str | None = None,
+        cpu_ranks: int = 1,
+        placement: str = "pack",
+        placement_timeout_s: float = PLACEMENT_TIMEOUT_S,
+        placement_retries: int = PLACEMENT_RETRIES,
     ) -> None:
         if not address:
             raise ValueError(
@@ -219,6 +238,8 @@ class RayExecutor:
         self.python = python or sys.executable
         self.cpu_ranks = cpu_ranks
         self.worker_placement = placement
+        self.placement_timeout_s = placement_timeout_s
+        self.placement_retries = placement_retries
         self._seen_nodes: tuple[float, list[dict[str, Any]]] | None = None
         self._client: Any = None
         self._unreachable_since: dict[str, float] = {}
@@ -306,7 +327,9 @@ class RayExecutor:
             env["OMP_NUM_THREADS"] = str(max(1, int(workers.cpus_each)))
         try:
             self._jobs().submit_job(
-                entrypoint=entrypoint(self.python, where, workers),
+                entrypoint=entrypoint(
+                    self.python, where, workers, self.placement_timeout_s, self.placement_retries
+                ),
                 submission_id=sid,
                 runtime_env={"env_vars": env},
                 metadata={"tunehouse_run": run_key, "attempt": str(attempt)},
