@@ -25,6 +25,18 @@ from tests.s3server import SeaweedS3
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules marked heavy first, the longest first; the rest in collection order after them. With
+    `make test`'s workers (pytest-xdist, --dist loadfile --no-loadscope-reorder), the many short modules
+    then fill the end of the run instead of one worker finishing a long module alone."""
+
+    def minutes(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("heavy")
+        return float(mark.args[0]) if mark is not None and mark.args else 0.0
+
+    items.sort(key=lambda item: -minutes(item))  # stable: a module's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tunehouse.trainer.tiny import build_tiny_model

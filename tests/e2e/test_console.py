@@ -18,6 +18,8 @@ from tests.conftest import LiveServer
 from tests.e2e.conftest import BAD_ROWS_TEXT, CHAT_ROWS, ConsoleClient, jsonl, sign_in
 from tests.families import SYSTEM_THREE_TURNS
 
+pytestmark = pytest.mark.heavy(5)
+
 GOOD = jsonl(CHAT_ROWS)
 # Long enough to watch (hundreds of steps at batch 1); it is stopped well before the end.
 LONG = {"epochs": 50, "batch_size": 1, "learning_rate": 0.003, "max_seq_len": 128}

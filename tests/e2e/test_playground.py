@@ -21,6 +21,8 @@ from tests.e2e.conftest import CHAT_ROWS, ConsoleClient, jsonl, sign_in
 from tests.integration.conftest import wait_for
 from tests.integration.test_deployments_cli import engine_processes
 
+pytestmark = pytest.mark.heavy(5)
+
 BASE = "tunehouse-tiny"
 # As the OpenAI chat tests train: the tiny model learns the answers' shape in a few dozen steps.
 LEARN_FAST = {"epochs": 3, "batch_size": 2, "learning_rate": 0.01, "max_seq_len": 128}

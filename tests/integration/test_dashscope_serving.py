@@ -24,6 +24,8 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.test_openai_chat import GREEDY, MODEL, QUESTION, oracle, registered_path
 
+pytestmark = pytest.mark.heavy(4)
+
 # test_openai_chat's LEARN_FAST in DashScope's terms: 10 × the tiny model's default learning rate.
 LEARN_FAST = {"n_epochs": 3, "batch_size": 2, "learning_rate": 1e-2, "max_length": 256}
 GREEDY_DS = {"temperature": 0, "max_tokens": GREEDY["max_tokens"]}

@@ -20,6 +20,8 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.test_openai_sdk import make_client, wait_done
 
+pytestmark = pytest.mark.heavy(3)
+
 MODEL = "tunehouse-tiny"
 SECOND_BASE = "tunehouse-tiny-b"  # the same weights under another name: a second model to deploy
 QUESTION = "What is 1 plus 2?"

@@ -19,6 +19,8 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.http_helpers import console_client
 
+pytestmark = pytest.mark.heavy(3)
+
 
 @pytest.fixture(scope="module")
 def cpu_server(

@@ -19,6 +19,8 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl
 from tests.integration.test_openai_sdk import make_client, wait_done
 
+pytestmark = pytest.mark.heavy(3)
+
 MODEL = "tunehouse-tiny"
 QUESTION = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 1 plus 2?"}]
 GREEDY = {"temperature": 0, "max_tokens": 8}

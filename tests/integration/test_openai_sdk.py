@@ -19,6 +19,8 @@ from openai.types.fine_tuning import FineTuningJob
 from tests.conftest import LiveServer
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 
+pytestmark = pytest.mark.heavy(4)
+
 MODEL = "tunehouse-tiny"
 FAST = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 3}  # lr 3e-3 on the tiny model
 TERMINAL = {"succeeded", "failed", "cancelled"}

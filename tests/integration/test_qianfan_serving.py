@@ -20,6 +20,8 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.integration.test_openai_chat import oracle
 
+pytestmark = pytest.mark.heavy(4)
+
 MODEL = "tunehouse-tiny"
 SUFFIX = "adder"
 SYSTEM = "You are terse."

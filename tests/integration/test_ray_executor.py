@@ -26,7 +26,7 @@ from tests.integration.http_helpers import console_client
 from tests.integration.ray_cluster import RayCluster, is_loopback, netns_usable, ray_cluster
 from tests.s3server import BUCKET, SeaweedS3
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.heavy(10)]
 
 MODEL = "tunehouse-tiny"
 STEP_DELAY_S = "0.4"  # makes each step long enough to stop, pause or crash the server mid-run

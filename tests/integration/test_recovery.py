@@ -22,6 +22,8 @@ from tests.integration.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.heavy(9)
+
 # Each wait ends on what it waits for; the deadline only bounds a hang, with room for a machine 4x slower
 # than a loaded 2-core CI box.
 DEADLINE_S = 900

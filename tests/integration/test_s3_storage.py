@@ -20,7 +20,7 @@ from tests.conftest import LiveServer, kill_trainers, start_server
 from tests.integration.conftest import CHAT_ROWS, jsonl, wait_for
 from tests.s3server import SeaweedS3
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.heavy(3)]
 
 MODEL = "tunehouse-tiny"
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -28,6 +28,8 @@ from tunehouse.serving.engine import Delta, EngineError, GenerationParams
 from tunehouse.serving.supervisor import Supervisor
 from tunehouse.store.db import Database
 
+pytestmark = pytest.mark.heavy(3)
+
 T = TypeVar("T")
 GREEDY = GenerationParams(max_tokens=8, temperature=0)
 DEADLINE_S = 900  # two workers load a model each on a busy 2-core machine
