@@ -20,7 +20,7 @@ from tunehouse.api.envelopes import request_id
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.polling import PolledCall, polled_view, template_pattern
-from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.auth import qianfan_account, query_pairs
 from tunehouse.api.qianfan.errors import qianfan_v2_error, v2_failure
 from tunehouse.api.qianfan.names import (
     HP_OUT,
@@ -415,7 +415,7 @@ async def dispatch(
     ctx = ctx_of(request)
     account = await qianfan_account(request, ctx)
     rid = request_id()
-    action = request.query_params.get("Action", "")
+    action = dict(query_pairs(request)).get("Action", "")  # the last one, as query_params.get gives
     handler = actions.get(action)
     if handler is None:
         return qianfan_v2_error(400, "InvalidAction", f"unknown Action {action!r}", req_id=rid)
