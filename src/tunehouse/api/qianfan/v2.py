@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, ctx_of, run_page_url
 from tunehouse.api.envelopes import request_id
+from tunehouse.api.fast_json import FastJSONResponse
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.polling import PolledCall, polled_view, template_pattern
@@ -387,7 +388,7 @@ def _answer(rid: str, work: Callable[[], Any]) -> JSONResponse:
 
 
 def _reply(rid: str, result: Any) -> JSONResponse:
-    return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
+    return FastJSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
 
 
 def _in_session(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any]) -> Any:
