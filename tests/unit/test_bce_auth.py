@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tunehouse.api.qianfan.auth import MAX_DERIVED, derived_key
 from tunehouse.api.qianfan.signing import AuthFailure, canonical_request, verify
+from tunehouse.core.credential_cache import SigningHit
 
 AK, SK = "AKEXAMPLE", "SKEXAMPLE"
 STAMP = "2024-05-01T08:00:00Z"
@@ -205,3 +207,37 @@ def test_signed_header_values_are_trimmed_before_signing():
     headers = {**HEADERS, "host": "  127.0.0.1:8080  "}
 
     assert check(auth_header(SPEC_SIGNATURE), headers=headers) == AK
+
+
+# --- signing keys remembered with the credential cache's hit (api.qianfan.auth.derived_key) -----------
+
+
+def test_a_remembered_signing_key_is_the_one_derived_for_that_auth_prefix():
+    hit = SigningHit(1, SK)
+    first, second = f"bce-auth-v1/{AK}/{STAMP}/300", f"bce-auth-v1/{AK}/2024-05-01T08:00:01Z/300"
+    for _ in range(2):  # derived, then remembered
+        assert derived_key(hit, first) == hmac.new(SK.encode(), first.encode(), hashlib.sha256).hexdigest()
+        assert derived_key(hit, second) == hmac.new(SK.encode(), second.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_request_verified_with_remembered_signing_keys_is_judged_as_without_them():
+    hit = SigningHit(1, SK)
+
+    def derive(secret: str, prefix: str) -> str:
+        return derived_key(hit, prefix)
+
+    headers = {**HEADERS, "authorization": auth_header(SPEC_SIGNATURE)}
+    now = SIGNED_AT + timedelta(seconds=5)
+    for _ in range(2):
+        assert verify("POST", PATH, QUERY, headers, find_secret, now=now, derive=derive) == AK
+    tampered = {**headers, "request-source": "other"}
+    with pytest.raises(AuthFailure) as info:
+        verify("POST", PATH, QUERY, tampered, find_secret, now=now, derive=derive)
+    assert info.value.code == "SignatureDoesNotMatch"
+
+
+def test_a_hit_remembers_a_bounded_number_of_signing_keys():
+    hit = SigningHit(1, SK)
+    for second in range(10 * MAX_DERIVED):
+        derived_key(hit, f"bce-auth-v1/{AK}/2024-05-01T08:{second // 60:02d}:{second % 60:02d}Z/300")
+    assert len(hit.derived) <= MAX_DERIVED

@@ -9,6 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import update
 
+from tunehouse.api.qianfan.auth import derived_key
 from tunehouse.core import accounts, credential_cache
 from tunehouse.core.clock import utcnow
 from tunehouse.core.credential_cache import CredentialCache
@@ -140,3 +141,29 @@ def test_a_zero_ttl_turns_the_cache_off(db: Database, box: SecretBox) -> None:
     keys = issue(db, box)
     assert off.bearer_lookup(db, keys.api_key) is not None
     assert off.cached_bearer(keys.api_key) is None
+
+
+def test_signing_keys_remembered_with_a_hit_go_with_it_when_the_key_is_revoked(
+    db: Database, box: SecretBox, cache: CredentialCache
+) -> None:
+    keys = issue(db, box)
+    hit = cache.signing_lookup(db, box, keys.access_key)
+    assert hit is not None
+    derived_key(hit, f"bce-auth-v1/{keys.access_key}/2024-05-01T08:00:00Z/300")
+    assert hit.derived
+    revoke_here(db, keys.access_key)
+    assert cache.cached_signing(keys.access_key) is None  # nothing left to derive a request's key from
+    assert cache.signing_lookup(db, box, keys.access_key) is None
+
+
+def test_a_hit_looked_up_after_the_ttl_starts_with_no_remembered_signing_keys(
+    db: Database, box: SecretBox, cache: CredentialCache, clock: Clock
+) -> None:
+    keys = issue(db, box)
+    hit = cache.signing_lookup(db, box, keys.access_key)
+    assert hit is not None
+    derived_key(hit, f"bce-auth-v1/{keys.access_key}/2024-05-01T08:00:00Z/300")
+    clock.now += TTL + 0.1
+    assert cache.cached_signing(keys.access_key) is None
+    fresh = cache.signing_lookup(db, box, keys.access_key)
+    assert fresh is not None and fresh is not hit and not fresh.derived

@@ -4,6 +4,7 @@ it failed, and a polled rendering that needs more than the view still answered o
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,3 +109,22 @@ def test_a_polled_rendering_that_queries_is_answered_on_a_real_connection(pg: Da
 
     assert asyncio.run(main()) == 42
     assert given[0] is OFFLINE and isinstance(given[1], Connection)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"train_loss": 1.25, "steps": [1, 2, 3], "name": "x\\u00e9", "none": null}',
+        '{"big": 18446744073709551616, "negative": -9223372036854775809}',
+        '{"beyond_doubles": 1e400}',
+        '{"digits": "12345678901234567890"}',
+    ],
+)
+def test_json_columns_read_on_the_loop_decode_as_the_stdlib_decodes_them(pg: Database, document: str) -> None:
+    async def work(reads: LoopReads) -> Any:
+        ((value,),) = await reads.fetch("SELECT CAST(%(doc)s AS json)", {"doc": document})
+        return value
+
+    value = on_loop(pg, work)
+    assert value == json.loads(document)
+    assert repr(value) == repr(json.loads(document))  # the same types too: an int stays an int

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -61,11 +62,10 @@ class EdgeMiddleware:
             await dialect_error(dialect, "invalid", refusal)(scope, receive, send)
             return
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        multipart = headers.get("content-type", "").lower().startswith("multipart/form-data")
+        content_type, declared = _body_headers(scope["headers"])
+        multipart = content_type.lower().startswith("multipart/form-data")
         limit = self.limits.max_upload_bytes if multipart else self.limits.max_body_bytes
         too_large = f"The request body is larger than this server's limit of {limit} bytes."
-        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             await dialect_error(dialect, "too_large", too_large)(scope, receive, send)
             return
@@ -111,13 +111,37 @@ class EdgeMiddleware:
         query = scope.get("query_string", b"").decode("latin-1")
         if not query:
             return None
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            return "The query string is not valid UTF-8."
-        for k, v in pairs:
-            if "\x00" in k or "\x00" in v:
-                return "A query parameter contains a NUL character."
-            if len(v) > self.limits.max_string_chars:
-                return f"Query parameter {k[:64]!r} is longer than {self.limits.max_string_chars} characters."
-        return None
+        if len(query) > MAX_REMEMBERED_QUERY:
+            return _query_refusal(query, self.limits.max_string_chars)
+        return _remembered_refusal(query, self.limits.max_string_chars)
+
+
+def _body_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """Content-Type and Content-Length (the last of each, as a dict of the headers would hold), decoded."""
+    content_type = content_length = b""
+    for k, v in headers:
+        name = k.lower()
+        if name == b"content-type":
+            content_type = v
+        elif name == b"content-length":
+            content_length = v
+    return content_type.decode("latin-1"), content_length.decode("latin-1")
+
+
+def _query_refusal(query: str, max_chars: int) -> str | None:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return "The query string is not valid UTF-8."
+    for k, v in pairs:
+        if "\x00" in k or "\x00" in v:
+            return "A query parameter contains a NUL character."
+        if len(v) > max_chars:
+            return f"Query parameter {k[:64]!r} is longer than {max_chars} characters."
+    return None
+
+
+# Clients poll with the same few short query strings (a Qianfan V2 Action): each is checked once. Long
+# ones are not kept (the memory would grow with them).
+MAX_REMEMBERED_QUERY = 256
+_remembered_refusal = functools.lru_cache(maxsize=1024)(_query_refusal)

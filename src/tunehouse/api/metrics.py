@@ -9,10 +9,12 @@ samples.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
@@ -65,12 +67,18 @@ def route_of(scope: Scope) -> str:
     if not isinstance(template, str):
         return "unmatched"
     if template == "/v2/finetuning":
-        from tunehouse.api.qianfan.v2 import ACTIONS
-
-        query = scope.get("query_string", b"").decode("latin-1")
-        action = next((p[7:] for p in query.split("&") if p.startswith("Action=")), "")
-        return f"{template}?Action={action if action in ACTIONS else 'other'}"
+        query = scope.get("query_string", b"")
+        return _v2_route(query) if len(query) <= 256 else _v2_route.__wrapped__(query)
     return template
+
+
+@functools.lru_cache(maxsize=256)  # a client polls with one query string: worked out once
+def _v2_route(query: bytes) -> str:
+    from tunehouse.api.qianfan.v2 import ACTIONS
+
+    text = query.decode("latin-1")
+    action = next((p[7:] for p in text.split("&") if p.startswith("Action=")), "")
+    return f"/v2/finetuning?Action={action if action in ACTIONS else 'other'}"
 
 
 class RequestMetrics:
@@ -96,9 +104,29 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_see)
         finally:
-            dialect, route = dialect_of(scope["path"]), route_of(scope)
-            REQUESTS.labels(dialect, route, scope["method"], str(status)).inc()
-            LATENCY.labels(dialect, route).observe(time.perf_counter() - started)
+            counter, latency = _children(dialect_of(scope["path"]), route_of(scope), scope["method"], status)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)
+
+
+_Children = tuple[Any, Any]
+# The label children by label values: `labels()` takes a lock and builds its key on every call. Bounded as
+# the label values are (templates, methods, statuses), and cleared past that bound all the same.
+_by_labels: dict[tuple[str, str, str, int], _Children] = {}
+MAX_LABEL_SETS = 4096
+
+
+def _children(dialect: str, route: str, method: str, status: int) -> _Children:
+    key = (dialect, route, method, status)
+    found = _by_labels.get(key)
+    if found is None:
+        if len(_by_labels) >= MAX_LABEL_SETS:
+            _by_labels.clear()
+        found = _by_labels[key] = (
+            REQUESTS.labels(dialect, route, method, str(status)),
+            LATENCY.labels(dialect, route),
+        )
+    return found
 
 
 class RouteNoter:

@@ -5,6 +5,7 @@ A pure ASGI middleware, so request bodies (uploads) stream through it untouched.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,11 +30,23 @@ QIANFAN_V2_CREATES = {"CreateFineTuningJob", "CreateFineTuningTask"}
 
 
 def creates_something(path: str, query: bytes) -> bool:
+    if len(path) + len(query) > MAX_REMEMBERED:
+        return _creates_something(path, query)
+    return _remembered(path, query)
+
+
+def _creates_something(path: str, query: bytes) -> bool:
     path = re.sub("/{2,}", "/", path).rstrip("/")
     if path == "/v2/finetuning":
         actions = parse_qs(query.decode("latin-1")).get("Action", [])
         return bool(QIANFAN_V2_CREATES.intersection(actions))
     return path in CREATES
+
+
+# Polls ask the same few (path, query) pairs over and over (Qianfan V2's Describe… share one path and query):
+# each is worked out once. Long ones are not kept (the memory would grow with them).
+MAX_REMEMBERED = 256
+_remembered = functools.lru_cache(maxsize=1024)(_creates_something)
 
 
 def storage_error(path: str, message: str) -> Response:

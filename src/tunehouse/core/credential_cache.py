@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from cachetools import TTLCache
@@ -38,6 +38,9 @@ class BearerHit:
 class SigningHit:
     account_id: int
     secret_key: str
+    # Signing keys derived from secret_key, by the auth prefix they were derived for (a client signs many
+    # requests with one timestamp). Kept with the hit, so they go when it does: on revocation, at the TTL.
+    derived: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class _Memory(Generic[V]):

@@ -60,9 +60,18 @@ def canonical_request(
     return "\n".join([method.upper(), uri, q, "\n".join(sorted(lines))])
 
 
-def sign(secret_key: str, auth_prefix: str, canonical: str) -> str:
-    signing_key = hmac.new(secret_key.encode(), auth_prefix.encode(), hashlib.sha256).hexdigest()
-    return hmac.new(signing_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
+# (secret key, auth prefix) -> signing key: signing_key, or a memory of its answers.
+Derive = Callable[[str, str], str]
+
+
+def signing_key(secret_key: str, auth_prefix: str) -> str:
+    """The key a request's signature is made with: the secret's HMAC of `bce-auth-v1/{ak}/{ts}/{exp}`."""
+    return hmac.new(secret_key.encode(), auth_prefix.encode(), hashlib.sha256).hexdigest()
+
+
+def sign(secret_key: str, auth_prefix: str, canonical: str, derive: Derive | None = None) -> str:
+    key = (derive or signing_key)(secret_key, auth_prefix)
+    return hmac.new(key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def verify(
@@ -72,10 +81,12 @@ def verify(
     headers: Mapping[str, str],
     find_secret: Callable[[str], str | None],
     now: datetime | None = None,
+    derive: Derive | None = None,
 ) -> str:
     """Check the request's Authorization header; returns the access key it was signed with.
 
-    `headers` must be keyed by lowercase name. Raises AuthFailure with the spec's status and codes.
+    `headers` must be keyed by lowercase name; `derive` computes the signing key (default: signing_key).
+    Raises AuthFailure with the spec's status and codes.
     """
     auth = headers.get("authorization", "")
     if not auth:
@@ -114,7 +125,10 @@ def verify(
     if age > lifetime:
         raise _denied("the signature has expired")
     expected = sign(
-        secret, f"{PREFIX}/{ak}/{stamp}/{expiration}", canonical_request(method, path, query, headers, signed)
+        secret,
+        f"{PREFIX}/{ak}/{stamp}/{expiration}",
+        canonical_request(method, path, query, headers, signed),
+        derive,
     )
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthFailure(

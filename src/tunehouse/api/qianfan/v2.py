@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, ctx_of, run_page_url
 from tunehouse.api.envelopes import request_id
+from tunehouse.api.fast_json import FastJSONResponse
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.polling import PolledCall, polled_view, template_pattern
-from tunehouse.api.qianfan.auth import qianfan_account
+from tunehouse.api.qianfan.auth import qianfan_account, query_pairs
 from tunehouse.api.qianfan.errors import qianfan_v2_error, v2_failure
 from tunehouse.api.qianfan.names import (
     HP_OUT,
@@ -387,7 +388,7 @@ def _answer(rid: str, work: Callable[[], Any]) -> JSONResponse:
 
 
 def _reply(rid: str, result: Any) -> JSONResponse:
-    return JSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
+    return FastJSONResponse({"requestId": rid, "result": result}, headers={"X-Bce-Request-Id": rid})
 
 
 def _in_session(ctx: AppContext, handler: Handler, account: int, body: dict[str, Any]) -> Any:
@@ -415,7 +416,7 @@ async def dispatch(
     ctx = ctx_of(request)
     account = await qianfan_account(request, ctx)
     rid = request_id()
-    action = request.query_params.get("Action", "")
+    action = dict(query_pairs(request)).get("Action", "")  # the last one, as query_params.get gives
     handler = actions.get(action)
     if handler is None:
         return qianfan_v2_error(400, "InvalidAction", f"unknown Action {action!r}", req_id=rid)
