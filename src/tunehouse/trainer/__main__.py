@@ -30,7 +30,7 @@ from .diskspace import OutOfSpace, disk_full
 from .events import ErrorKind, EventWriter
 from .ranks import env_rank, writer_for
 from .stop import StopFlag, watch_stop_file, watch_stop_object
-from .store_sync import EventMirror, fetch_inputs
+from .store_sync import fetch_inputs, run_log_mirror
 
 
 def _check_data(spec: RunSpec) -> list[str]:
@@ -73,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         watching.append(watch_stop_object(stop_object, stop))
     try:
         try:
-            mirror = None
-            if spec.storage_dir is not None and env_rank() == 0:  # rank 0 alone reports
-                mirror = EventMirror(spec.events_path, f"{spec.storage_dir.rstrip('/')}/events.jsonl")
-                spec.events_path.parent.mkdir(parents=True, exist_ok=True)
-                mirror.pull()
+            mirror = run_log_mirror(spec) if env_rank() == 0 else None  # rank 0 alone reports
             events = writer_for(spec.events_path, mirror=mirror)  # rank 0 alone reports
         except OSError as exc:
             reason = f"cannot write events to {spec.events_path}: {exc}"

@@ -129,15 +129,10 @@ def report_failure(spec: RunSpec, reason: str) -> None:
     when the run lives there), as a trainer that fails reports it. Only once every worker has ended: no
     one else writes the log then."""
     from tunehouse.trainer.events import EventWriter
-    from tunehouse.trainer.store_sync import EventMirror
+    from tunehouse.trainer.store_sync import run_log_mirror
 
     try:
-        mirror = None
-        if spec.storage_dir is not None:
-            mirror = EventMirror(spec.events_path, f"{spec.storage_dir.rstrip('/')}/events.jsonl")
-            spec.events_path.parent.mkdir(parents=True, exist_ok=True)
-            mirror.pull()
-        with EventWriter(spec.events_path, stream=None, mirror=mirror) as events:
+        with EventWriter(spec.events_path, stream=None, mirror=run_log_mirror(spec)) as events:
             events.error(reason, "runtime")
             events.status("failed")
     except OSError as exc:  # the exit code and the log line still tell the server

@@ -156,6 +156,17 @@ class StoreSync:
         return out
 
 
+def run_log_mirror(spec: RunSpec) -> EventMirror | None:
+    """The mirror of the run's event log in the store, pulled (the log so far, from whichever node wrote
+    it), when the run lives there; None for a run on local storage."""
+    if spec.storage_dir is None:
+        return None
+    mirror = EventMirror(spec.events_path, storage.join(spec.storage_dir, "events.jsonl"))
+    spec.events_path.parent.mkdir(parents=True, exist_ok=True)
+    mirror.pull()
+    return mirror
+
+
 def pull_token_cache(spec: RunSpec, entry: Path) -> None:
     """This node's copy of a tokenization cache entry, from the store's cache when it has one."""
     if spec.token_cache_url is None or entry.is_file():
