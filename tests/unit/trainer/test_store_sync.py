@@ -20,6 +20,17 @@ def stored_events(url: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in storage.read_bytes(url).decode().splitlines()]
 
 
+def stored_run(s3_root: str, tmp_path: Path, run_id: str, scratch: Path) -> RunSpec:
+    """A run living in the store under ``runs/<run_id>``, working in ``scratch``."""
+    return RunSpec(
+        run_id=run_id,
+        model_path=tmp_path / "m",
+        train_files=[tmp_path / "d.jsonl"],
+        output_dir=scratch,
+        storage_dir=f"{s3_root}/runs/{run_id}",
+    )
+
+
 def writer(scratch: Path, url: str) -> EventWriter:
     mirror = EventMirror(scratch / "events.jsonl", url)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -83,13 +94,7 @@ def test_inputs_are_fetched_to_where_the_spec_expects_them(s3_root: str, tmp_pat
 
 
 def test_a_checkpoint_is_named_by_its_place_under_the_runs_folder(s3_root: str, tmp_path: Path) -> None:
-    spec = RunSpec(
-        run_id="r5",
-        model_path=tmp_path / "m",
-        train_files=[tmp_path / "d.jsonl"],
-        output_dir=tmp_path / "scratch",
-        storage_dir=f"{s3_root}/runs/r5",
-    )
+    spec = stored_run(s3_root, tmp_path, "r5", scratch=tmp_path / "scratch")
     ckpt = tmp_path / "scratch" / "checkpoints" / "step-3"
     ckpt.mkdir(parents=True)
     (ckpt / "optimizer.pt").write_bytes(b"o")
@@ -104,13 +109,7 @@ def test_a_checkpoint_is_named_by_its_place_under_the_runs_folder(s3_root: str, 
 def test_shards_another_rank_uploaded_first_stay_when_rank_0_publishes_the_rest(
     s3_root: str, tmp_path: Path
 ) -> None:
-    spec = RunSpec(
-        run_id="r6",
-        model_path=tmp_path / "m",
-        train_files=[tmp_path / "d.jsonl"],
-        output_dir=tmp_path / "node-a",
-        storage_dir=f"{s3_root}/runs/r6",
-    )
+    spec = stored_run(s3_root, tmp_path, "r6", scratch=tmp_path / "node-a")
     url = f"{s3_root}/runs/r6/checkpoints/step-3"
     storage.write_bytes(f"{url}/dcp/__7_0.distcp", b"stale")  # an abandoned attempt's
     sync = StoreSync(spec)
