@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from typing import Any
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunehouse.api.dialects import dialect_error, dialect_of
 from tunehouse.api.limits import Limits
+from tunehouse.api.query_memo import per_query
 from tunehouse.api.request_context import bind_request_id, new_request_id, reset_request_id
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,7 @@ class EdgeMiddleware:
         query = scope.get("query_string", b"").decode("latin-1")
         if not query:
             return None
-        if len(query) > MAX_REMEMBERED_QUERY:
-            return _query_refusal(query, self.limits.max_string_chars)
-        return _remembered_refusal(query, self.limits.max_string_chars)
+        return _query_refusal(query, self.limits.max_string_chars)
 
 
 def _body_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
@@ -128,6 +126,7 @@ def _body_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
     return content_type.decode("latin-1"), content_length.decode("latin-1")
 
 
+@per_query(maxsize=1024)
 def _query_refusal(query: str, max_chars: int) -> str | None:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
@@ -139,9 +138,3 @@ def _query_refusal(query: str, max_chars: int) -> str | None:
         if len(v) > max_chars:
             return f"Query parameter {k[:64]!r} is longer than {max_chars} characters."
     return None
-
-
-# Clients poll with the same few short query strings (a Qianfan V2 Action): each is checked once. Long
-# ones are not kept (the memory would grow with them).
-MAX_REMEMBERED_QUERY = 256
-_remembered_refusal = functools.lru_cache(maxsize=1024)(_query_refusal)

@@ -9,7 +9,6 @@ samples.
 
 from __future__ import annotations
 
-import functools
 import shutil
 import subprocess
 import time
@@ -23,6 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunehouse.api.query_memo import per_query
 from tunehouse.core.states import ACTIVE, RunState
 from tunehouse.store.db import Database
 from tunehouse.store.models import Run
@@ -67,12 +67,11 @@ def route_of(scope: Scope) -> str:
     if not isinstance(template, str):
         return "unmatched"
     if template == "/v2/finetuning":
-        query = scope.get("query_string", b"")
-        return _v2_route(query) if len(query) <= 256 else _v2_route.__wrapped__(query)
+        return _v2_route(scope.get("query_string", b""))
     return template
 
 
-@functools.lru_cache(maxsize=256)  # a client polls with one query string: worked out once
+@per_query(maxsize=256)
 def _v2_route(query: bytes) -> str:
     from tunehouse.api.qianfan.v2 import ACTIONS
 

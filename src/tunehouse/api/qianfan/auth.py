@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request
@@ -12,6 +11,7 @@ from tunehouse.api.context import AppContext, get_ctx
 from tunehouse.api.deps import bearer_hit, bearer_token
 from tunehouse.api.edge import ORIGINAL_PATH
 from tunehouse.api.qianfan import bearer, signing
+from tunehouse.api.query_memo import per_query
 from tunehouse.api.rate_limit import count_request
 from tunehouse.core import credential_cache
 
@@ -30,15 +30,14 @@ def derived_key(hit: credential_cache.SigningHit, auth_prefix: str) -> str:
     return key
 
 
-def query_pairs(request: Request) -> list[tuple[str, str]]:
+def query_pairs(request: Request) -> tuple[tuple[str, str], ...]:
     """The query's (name, value) pairs, as Starlette's query_params holds them."""
-    query = request.scope.get("query_string", b"")
-    return _pairs(query) if len(query) <= 256 else _pairs.__wrapped__(query)
+    return _pairs(request.scope.get("query_string", b""))
 
 
-@functools.lru_cache(maxsize=256)  # a client polls with one query string (a V2 Action): parsed once
-def _pairs(query: bytes) -> list[tuple[str, str]]:
-    return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+@per_query(maxsize=256)
+def _pairs(query: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
 
 
 async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) -> int:
