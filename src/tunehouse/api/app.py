@@ -79,9 +79,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def create_app(
-    settings: Settings | None = None, run_scheduler: bool = True, settle: bool = False
-) -> FastAPI:
+def create_app(settings: Settings | None = None, run_scheduler: bool = True, settle: bool = False) -> FastAPI:
     """`settle`: the process exists to serve this app (see settle_heap); not where apps come and go, as in
     tests, whose frozen leftovers would never be collected."""
     settings = settings or load_settings()
