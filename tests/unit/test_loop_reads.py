@@ -15,7 +15,7 @@ from sqlalchemy import Connection, text
 from tunehouse.api.context import AppContext
 from tunehouse.api.polling import OFFLINE, polled_view
 from tunehouse.store.db import Database
-from tunehouse.store.loop_reads import LoopReads, conninfo_of
+from tunehouse.store.loop_reads import LoopReads, conninfo_of, positional, text_param
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PID = "SELECT pg_backend_pid()"
@@ -128,3 +128,47 @@ def test_json_columns_read_on_the_loop_decode_as_the_stdlib_decodes_them(pg: Dat
     value = on_loop(pg, work)
     assert value == json.loads(document)
     assert repr(value) == repr(json.loads(document))  # the same types too: an int stays an int
+
+
+def test_named_parameters_become_libpq_positions_in_order_of_first_use() -> None:
+    assert positional("SELECT %(a)s, %(b)s, %(a)s, 7 %% 2") == (b"SELECT $1, $2, $1, 7 % 2", ("a", "b"))
+
+
+@pytest.mark.parametrize("value", [True, 1.5, b"bytes", ["a"]])
+def test_a_parameter_of_a_type_a_poll_does_not_pass_is_refused_before_sending(value: object) -> None:
+    with pytest.raises(TypeError):
+        text_param(value)
+
+
+def test_text_with_nul_is_refused_as_the_cursor_refuses_it() -> None:
+    with pytest.raises(psycopg.DataError):
+        text_param("run\x00")
+
+
+def test_parameters_are_typed_by_the_server_from_the_statement(pg: Database) -> None:
+    async def work(reads: LoopReads) -> Any:
+        return await reads.fetch(
+            "SELECT %(n)s + 1, %(s)s || '!', CAST(%(none)s AS text) IS NULL, pg_typeof(%(n)s + 1)::text",
+            {"n": 41, "s": "é", "none": None},
+        )
+
+    assert on_loop(pg, work) == [(42, "é!", True, "integer")]
+
+
+def test_a_failed_statement_raises_psycopgs_error_for_its_sqlstate_and_the_pool_goes_on(pg: Database) -> None:
+    async def work(reads: LoopReads) -> Any:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await reads.fetch("SELECT 1 / %(zero)s", {"zero": 0})
+        return await reads.fetch("SELECT 1 / %(one)s", {"one": 1})
+
+    assert on_loop(pg, work) == [(1,)]
+
+
+def test_a_statement_read_again_runs_prepared_on_its_connection(pg: Database) -> None:
+    async def work(reads: LoopReads) -> Any:
+        for n in range(3):
+            await reads.fetch("SELECT %(n)s::int", {"n": n})
+        return await reads.fetch("SELECT count(*) FROM pg_prepared_statements", {})
+
+    # The statement read three times, prepared once, and the count's own.
+    assert on_loop(pg, work) == [(2,)]
