@@ -11,6 +11,8 @@ import logging
 import os
 from datetime import UTC, datetime
 
+import orjson
+
 from tunehouse.api.request_context import current_request_id
 
 
@@ -27,7 +29,11 @@ class JsonFormatter(logging.Formatter):
             out["request_id"] = rid
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        try:
+            # orjson: a line per request (the access log); the stdlib where it refuses (lone surrogates).
+            return orjson.dumps(out, default=str).decode()
+        except TypeError:
+            return json.dumps(out, ensure_ascii=False, default=str)
 
 
 def configure_logging() -> None:

@@ -35,19 +35,21 @@ def test_without_floats_below_1e_minus_4_the_bytes_are_the_stdlibs() -> None:
 @pytest.mark.parametrize(
     "content",
     [
-        {"value": None},
         {"big": 2**64, "negative": -(2**63) - 1},
         {1: "a non-string key"},
-        {"text": "says null"},
     ],
 )
-def test_what_orjson_would_write_otherwise_is_written_by_the_stdlib(content: Any) -> None:
+def test_what_orjson_refuses_is_written_by_the_stdlib(content: Any) -> None:
     assert FastJSONResponse(content).body == JSONResponse(content).body
 
 
-@pytest.mark.parametrize("number", [math.nan, math.inf])
-def test_a_non_finite_number_is_refused_as_the_stdlib_refuses_it(number: float) -> None:
+def test_nulls_are_the_stdlibs_nulls() -> None:
+    content = {"error": None, "text": "says null", "list": [None, 1]}
+    assert FastJSONResponse(content).body == JSONResponse(content).body
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_number_is_written_as_null_where_the_stdlib_refuses_the_answer(number: float) -> None:
     with pytest.raises(ValueError):
         JSONResponse({"loss": number})
-    with pytest.raises(ValueError):
-        FastJSONResponse({"loss": number})
+    assert json.loads(FastJSONResponse({"loss": number, "step": 3}).body) == {"loss": None, "step": 3}

@@ -1,5 +1,7 @@
 """Every core concept the Qianfan dialect shows has a Qianfan name."""
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
 
 from tunehouse.api.qianfan.names import (
@@ -9,6 +11,7 @@ from tunehouse.api.qianfan.names import (
     V1_STATUS,
     V2_STATUS,
     hyperparameters_in,
+    v2_time,
 )
 from tunehouse.core import catalog
 from tunehouse.core.errors import InvalidParameter
@@ -49,3 +52,20 @@ def test_lora_all_linear_false_is_refused_naming_the_key():
     with pytest.raises(InvalidParameter) as info:
         hyperparameters_in({"loraAllLinear": False})
     assert info.value.field == "hyperParameterConfig.loraAllLinear"
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        datetime(2026, 11, 1, 0, 0, 7, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=8))),
+        datetime(2026, 1, 2, 3, 4, 5),
+    ],
+)
+def test_v2_times_are_written_as_strftime_writes_them(t: datetime) -> None:
+    assert v2_time(t) == t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_no_time_is_written_as_v2s_zero_time() -> None:
+    assert v2_time(None) == "0000-00-00T00:00:00Z"

@@ -26,6 +26,7 @@ from tunehouse.api.dashscope.auth import Caller, ds_caller
 from tunehouse.api.dashscope.errors import ApiError, DashScopeRoute, ds_error, ds_guarded
 from tunehouse.api.dashscope.schemas import CreateFineTune, optional_str
 from tunehouse.api.envelopes import request_id
+from tunehouse.api.fast_json import FastJSONResponse
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT, echo
 from tunehouse.api.polling import PolledCall, polled_view, template_pattern
@@ -467,7 +468,9 @@ async def poll_fine_tune(request: Request, job_id: str) -> Response:
             raise _not_found(job_id)
         return render_view(conn, view, caller)
 
-    return _output(await polled_view(ctx, caller.account_id, key, render))
+    rid = request_id()
+    payload = await polled_view(ctx, caller.account_id, key, render)
+    return FastJSONResponse({"request_id": rid, "output": payload}, headers={"X-Request-Id": rid})
 
 
 POLLED = PolledCall(

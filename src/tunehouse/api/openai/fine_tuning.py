@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from tunehouse.api.context import AppContext, ctx_of, get_ctx
+from tunehouse.api.fast_json import FastJSONResponse
 from tunehouse.api.json_body import json_object
 from tunehouse.api.limits import MAX_QUERY_INT
 from tunehouse.api.openai import names
@@ -402,7 +403,7 @@ async def poll_job(request: Request, job_id: str) -> Response:
             raise _not_found(job_id)
         return render_view(conn, view, caller)
 
-    return JSONResponse(await polled_view(ctx, caller.account_id, key, render))
+    return FastJSONResponse(await polled_view(ctx, caller.account_id, key, render))
 
 
 POLLED = PolledCall(

@@ -61,7 +61,9 @@ async def qianfan_account(request: Request, ctx: AppContext = Depends(get_ctx)) 
     query = query_pairs(request)
     # Clients sign the path they sent (`//v2/finetuning` from a base URL with a trailing slash); the
     # routers see it with duplicate slashes collapsed. Either form is the same request.
-    path = request.url.path
+    path = request.scope["path"]
+    if "?" in path or "#" in path or "\\" in path:
+        path = request.url.path  # Starlette's URL escapes these; building it costs more than the check
     sent = str(request.scope.get(ORIGINAL_PATH) or path)
     try:
         signing.verify(request.method, sent, query, headers, find_secret, derive=derive)

@@ -73,7 +73,10 @@ V1_NO_TIME = "0000-00-00 00:00:00"
 
 
 def v2_time(t: datetime | None) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else V2_NO_TIME
+    # What strftime("%Y-%m-%dT%H:%M:%SZ") writes, at a fraction of its cost (two per polled task).
+    if not t:
+        return V2_NO_TIME
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (t.year, t.month, t.day, t.hour, t.minute, t.second)  # noqa: UP031
 
 
 def v1_time(t: datetime | None) -> str:
