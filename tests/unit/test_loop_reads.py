@@ -172,3 +172,20 @@ def test_a_statement_read_again_runs_prepared_on_its_connection(pg: Database) ->
 
     # The statement read three times, prepared once, and the count's own.
     assert on_loop(pg, work) == [(2,)]
+
+
+def test_a_connection_the_server_ends_while_idle_is_noticed_and_replaced(pg: Database) -> None:
+    async def work(reads: LoopReads) -> tuple[int, int]:
+        ((first,),) = await reads.fetch(PID, {})
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while reads._idle and reads._idle[0].usable:  # the loop hears the server close the idle session
+            assert loop.time() < deadline, "the ended session was never noticed"
+            await asyncio.sleep(0.01)
+        ((second,),) = await reads.fetch(PID, {})  # no failed read first: a fresh connection answers
+        return first, second
+
+    first, second = on_loop(pg, work)
+    assert second != first

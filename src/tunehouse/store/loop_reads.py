@@ -103,6 +103,37 @@ class _Link:
         self.loop = loop
         self.loaders = Transformer(conn)
         self.prepared: dict[bytes, bytes] = {}  # positional SQL -> statement name
+        # The socket stays registered for reading while the link lives: adding and removing a reader around
+        # every wait cost about as much as the rest of a read's waiting.
+        self.fd = self.pg.socket
+        self._waiter: asyncio.Future[None] | None = None
+        self.broken = False
+        loop.add_reader(self.fd, self._readable)
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and not self.conn.closed
+
+    def _readable(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        # Readable while idle: a notice, or the server ending the session. Take it in now (the poll would
+        # report it again and again); a connection it ended is never lent again.
+        try:
+            self.pg.consume_input()
+        except psycopg.OperationalError:
+            self.broken = True
+        if not self.usable:
+            self.forget()
+
+    def forget(self) -> None:
+        """Off the loop's poll: before the connection closes (its descriptor may be reused)."""
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            self.fd = -1
 
     async def rows(self, sql: bytes, params: list[bytes | None]) -> list[tuple[Any, ...]]:
         name = self.prepared.get(sql)
@@ -120,7 +151,7 @@ class _Link:
         """Sends what is queued and collects the statement's results, waiting on the loop for the socket."""
         pg = self.pg
         while pg.flush():
-            await self._ready(write=True)
+            await self._writable()
             pg.consume_input()
         results = []
         while True:
@@ -130,22 +161,21 @@ class _Link:
                 if result is None:
                     return results
                 results.append(result)
-            await self._ready(write=False)
+            if self.fd < 0:
+                raise psycopg.OperationalError("the connection was closed")
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
-    async def _ready(self, write: bool) -> None:
-        fd = self.pg.socket
+    async def _writable(self) -> None:
         ready = self.loop.create_future()
-        if write:
-            self.loop.add_writer(fd, _settle, ready)
-        else:
-            self.loop.add_reader(fd, _settle, ready)
+        self.loop.add_writer(self.fd, _settle, ready)
         try:
             await ready
         finally:
-            if write:
-                self.loop.remove_writer(fd)
-            else:
-                self.loop.remove_reader(fd)
+            self.loop.remove_writer(self.fd)
 
     @staticmethod
     def _check(results: list[pq.abc.PGresult]) -> pq.abc.PGresult:
@@ -194,7 +224,7 @@ class LoopReads:
             # Its state is unknown (mid-query, or the server gone): never lent again.
             self._drop(link)
             raise
-        if self._closed or link.conn.closed:
+        if self._closed or not link.usable:
             self._drop(link)
         else:
             self._idle.append(link)
@@ -205,8 +235,11 @@ class LoopReads:
         while True:
             if self._closed:
                 raise psycopg.OperationalError("the read pool is closed")
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                link = self._idle.pop()
+                if link.usable:
+                    return link
+                self._drop(link)  # the server ended it while it was idle
             if self._open < self._size:
                 self._open += 1
                 try:
@@ -235,6 +268,7 @@ class LoopReads:
 
     def _drop(self, link: _Link) -> None:
         self._open -= 1
+        link.forget()
         task = self.loop.create_task(_close_quietly(link.conn))
         _pending.add(task)
         task.add_done_callback(_pending.discard)
@@ -251,6 +285,7 @@ class LoopReads:
         idle, self._idle = self._idle, []
         self._open -= len(idle)
         for link in idle:
+            link.forget()
             await _close_quietly(link.conn)
         while self._waiters:
             self._wake()
