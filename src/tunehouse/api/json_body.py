@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
 
+from tunehouse import json_text
 from tunehouse.api.limits import Limits
 from tunehouse.core.errors import InvalidInput
 
@@ -21,7 +21,7 @@ async def json_object(request: Request, empty: dict[str, Any] | None = None) -> 
         return empty
     limits = _limits(request)
     try:
-        body = json.loads(raw)
+        body = json_text.loads(raw)
     except RecursionError:
         raise InvalidInput("body", f"JSON nested deeper than {limits.max_json_depth} levels") from None
     except ValueError:

@@ -20,37 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import pq
 from psycopg.adapt import Transformer
 from psycopg.types.json import set_json_loads
 from sqlalchemy.engine import make_url
 
+from tunehouse import json_text
+
 # As many as the read threads overlapped before; a poll holds one for a single round trip.
 POOL_SIZE = 8
 
 
-# 19 digits in a row may be an integer beyond 64 bits, which orjson reads as a float (the stdlib: an int).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-
-
 def json_loads(data: bytes) -> Any:
-    """JSON columns as psycopg decodes them for these reads: orjson (the stdlib's decoder was a visible share
-    of a poll: a run's row has five JSON columns), the stdlib where orjson could differ (long integers, and
-    what it refuses: 1e400, lone surrogates), so a value decodes exactly as on the SQLAlchemy path."""
-    if _LONG_DIGITS.search(data) is None:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
+    """JSON columns as psycopg decodes them for these reads: orjson where it agrees with the stdlib (whose
+    decoder was a visible share of a poll: a run's row has five JSON columns), so a value decodes exactly
+    as on the SQLAlchemy path."""
+    return json_text.loads(data)
 
 
 def conninfo_of(url: str) -> str:
