@@ -40,6 +40,15 @@ from tunehouse.store.models import Checkpoint, File, Job, Run
 
 log = logging.getLogger(__name__)
 
+# What names the trainer a handle refers to, in every executor's handles: a local process (its pid and start
+# time) or a Ray job (its submission id). The scheduler's own keys (offsets, what the trainer said) are not.
+TRAINER_IDENTITY = ("pid", "create_time", "submission_id")
+
+
+def same_trainer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in TRAINER_IDENTITY)
+
+
 LEASE = timedelta(seconds=30)
 STOP_GRACE_S = 30.0
 STORE_READ_BUDGET_S = 2.0  # a tick's read of the artifact store; the next tick tries again
@@ -68,6 +77,8 @@ class Scheduler:
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Live trainers this scheduler follows, by run: the handle it last saw them under (see _fence).
+        self._following: dict[int, dict[str, Any]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +97,9 @@ class Scheduler:
 
     def tick(self) -> None:
         self._adopt()
-        for run_id in self._my_active_runs():
+        mine = self._my_active_runs()
+        self._guarded("fencing runs taken over", lambda: self._fence(set(mine)))
+        for run_id in mine:
             # One run's trouble (say, a write its events need that the disk cannot take) must not keep
             # the others from being followed, nor new work from being claimed.
             self._guarded(f"following run {run_id}", lambda r=run_id: self._follow(r))
@@ -127,6 +140,27 @@ class Scheduler:
         with self.db.session() as s:
             return list(s.scalars(select(Run.id).where(self._mine()).order_by(Run.id)))
 
+    def _fence(self, mine: set[int]) -> None:
+        """A run this scheduler followed that is no longer its own (its lease lapsed while the database was
+        out of reach, and another scheduler took it over; or it was settled elsewhere): its trainer is
+        ended unless the run's handle still names that very trainer (another scheduler on this machine, or
+        on the Ray cluster, follows it on). Two trainers of one run would write one run's checkpoints."""
+        gone = [run_id for run_id in self._following if run_id not in mine]
+        if not gone:
+            return
+        with self.db.session() as s:
+            current = {
+                rid: handle for rid, handle in s.execute(select(Run.id, Run.handle).where(Run.id.in_(gone)))
+            }
+        for run_id in gone:
+            ours = self._following.pop(run_id)
+            if same_trainer(current.get(run_id) or {}, ours):
+                continue
+            log.warning(
+                "run %s is no longer followed here and its trainer is not the run's: ending it", run_id
+            )
+            self.executor.kill(ours)
+
     # ---- following a launched run ----------------------------------------------------------------
     def _follow(self, run_id: int) -> None:
         with self.db.session() as s:
@@ -142,6 +176,7 @@ class Scheduler:
                 self._deliver_stop(run)
                 exit_ = self.executor.poll(run.handle)
             if exit_ is None:
+                self._following[run.id] = dict(run.handle)
                 self._note_placement(s, run)
                 return
             if launched(run.handle):
@@ -213,6 +248,7 @@ class Scheduler:
 
     def _settle(self, s: Any, run: Run, exit_: Exit) -> None:
         """The trainer is gone: decide the run's end from what it last said, or recover it."""
+        self._following.pop(run.id, None)
         said = run.handle.get("trainer_state")
         code = exit_.code
         # Gone without a word of its own: our signal, a kill from outside, or the process was lost.
@@ -413,6 +449,7 @@ class Scheduler:
             if spec.storage_dir is not None:
                 handle = {**handle, "workdir": str(workdir)}
             run.handle = {**handle, "gpu": gpu} if gpu is not None else handle
+            self._following[run.id] = dict(run.handle)
             run.executor = self.executor.name
             run.run_dir = run_loc
             ranks = int(handle.get("ranks", 1))

@@ -104,12 +104,17 @@ class FakeTrainer:
         self.exit(EXIT_STOPPED)
 
 
+# Pids are never reused, nor shared by two hosts: a handle names one trainer, as a real one does by its
+# pid and start time.
+_PIDS = itertools.count(1000)
+
+
 class FakeHost:
-    """One machine's processes; pids are never reused."""
+    """One machine's processes."""
 
     def __init__(self) -> None:
         self.processes: dict[int, FakeTrainer] = {}
-        self._pids = itertools.count(1000)
+        self._pids = _PIDS
         self._lock = threading.Lock()  # schedulers on one host may start trainers from several threads
 
     def spawn(self, spec_path: Path, run_dir: Path, gpu: str | None) -> FakeTrainer:

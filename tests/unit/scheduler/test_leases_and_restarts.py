@@ -4,7 +4,7 @@ settles the ones that ended while it was down; a lapsed lease is taken over by a
 from __future__ import annotations
 
 from tests.unit.scheduler.conftest import Node
-from tests.unit.scheduler.fakes import SIGTERM
+from tests.unit.scheduler.fakes import SIGKILL, SIGTERM
 from tunehouse.core.states import RunState
 from tunehouse.scheduler.scheduler import LEASE
 
@@ -137,6 +137,37 @@ def test_a_node_whose_lease_was_taken_over_no_longer_follows_the_run(node: Node)
     run = node.run(rid)
     assert (run.state, run.lease_owner, run.attempts) == (RunState.RUNNING, "node-b", 2)
     assert len(node.host.processes) == 1, "node-a started nothing"
+
+
+def test_a_node_whose_run_was_taken_over_ends_the_trainer_it_had_left_running(node: Node) -> None:
+    rid = node.create()
+    stale = node.started(rid)  # node-a then loses the database for longer than the lease
+    other = node.elsewhere("node-b")
+    node.clock.advance(LEASE_S + 1)
+    other.tick()
+    (fresh,) = other.host.alive()
+
+    node.tick()  # node-a is back
+
+    assert SIGKILL in stale.signals and not stale.alive, "one run, one trainer"
+    assert fresh.alive and fresh.signals == []
+    run = node.run(rid)
+    assert (run.state, run.lease_owner, run.handle["pid"]) == (RunState.RUNNING, "node-b", fresh.pid)
+
+
+def test_a_trainer_another_scheduler_of_the_same_machine_follows_on_is_left_running(node: Node) -> None:
+    rid = node.create()
+    trainer = node.started(rid)
+    node.tick()
+    neighbour = node.elsewhere("node-b", host=node.host)
+    node.clock.advance(LEASE_S + 1)
+    neighbour.tick()  # it adopts the run and finds its trainer alive
+
+    node.tick()
+
+    run = node.run(rid)
+    assert trainer.alive and trainer.signals == []
+    assert (run.lease_owner, run.handle["pid"], run.attempts) == ("node-b", trainer.pid, 1)
 
 
 def test_a_settled_run_holds_no_lease(node: Node) -> None:
