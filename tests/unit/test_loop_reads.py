@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 
 from tunehouse.api.context import AppContext
 from tunehouse.api.polling import OFFLINE, polled_view
+from tunehouse.core.errors import InvalidInput
 from tunehouse.store.db import Database
 from tunehouse.store.loop_reads import LoopReads, conninfo_of, positional, text_param
 
@@ -189,3 +190,22 @@ def test_a_connection_the_server_ends_while_idle_is_noticed_and_replaced(pg: Dat
 
     first, second = on_loop(pg, work)
     assert second != first
+
+
+def test_a_read_refused_for_its_own_parameters_leaves_the_pools_connections_alone(pg: Database) -> None:
+    ctx = AppContext(settings=None, db=pg, box=None)  # type: ignore[arg-type]
+
+    async def main() -> tuple[int, int]:
+        reads = pg.loop_reads()
+        assert reads is not None
+        try:
+            ((before,),) = await reads.fetch(PID, {})
+            with pytest.raises(InvalidInput):  # as the threaded path refuses it
+                await polled_view(ctx, 0, "run\x00", lambda conn, view: view)
+            ((after,),) = await reads.fetch(PID, {})
+            return before, after
+        finally:
+            await pg.close_loop_reads()
+
+    before, after = asyncio.run(main())
+    assert after == before

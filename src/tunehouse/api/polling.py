@@ -161,8 +161,10 @@ async def polled_view(
     if reads is not None:
         try:
             view = await fetch_run_view(reads, ctx.db.engine.dialect, account_id, key, checkpoints)
+        except psycopg.OperationalError:
+            reads.drop_idle()  # the server may be gone for the others too
         except psycopg.Error:
-            reads.drop_idle()
+            pass  # this read's own trouble (a parameter the server refuses): the threaded path answers it
         else:
             try:
                 return render(OFFLINE, view)  # type: ignore[arg-type]
