@@ -59,9 +59,9 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
-def _ok(key: str, payload: dict[str, Any]) -> JSONResponse:
+def _ok(key: str, payload: dict[str, Any], response: type[JSONResponse] = JSONResponse) -> JSONResponse:
     rid = request_id()
-    return JSONResponse({"request_id": rid, key: payload}, headers={"X-Request-Id": rid})
+    return response({"request_id": rid, key: payload}, headers={"X-Request-Id": rid})
 
 
 def _output(payload: dict[str, Any]) -> JSONResponse:
@@ -468,9 +468,7 @@ async def poll_fine_tune(request: Request, job_id: str) -> Response:
             raise _not_found(job_id)
         return render_view(conn, view, caller)
 
-    rid = request_id()
-    payload = await polled_view(ctx, caller.account_id, key, render)
-    return FastJSONResponse({"request_id": rid, "output": payload}, headers={"X-Request-Id": rid})
+    return _ok("output", await polled_view(ctx, caller.account_id, key, render), FastJSONResponse)
 
 
 POLLED = PolledCall(
