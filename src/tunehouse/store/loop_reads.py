@@ -38,13 +38,6 @@ from tunehouse import json_text
 POOL_SIZE = 8
 
 
-def json_loads(data: bytes) -> Any:
-    """JSON columns as psycopg decodes them for these reads: orjson where it agrees with the stdlib (whose
-    decoder was a visible share of a poll: a run's row has five JSON columns), so a value decodes exactly
-    as on the SQLAlchemy path."""
-    return json_text.loads(data)
-
-
 def conninfo_of(url: str) -> str:
     """libpq's form of a SQLAlchemy PostgreSQL URL (`postgresql+psycopg://…`)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -236,7 +229,9 @@ class LoopReads:
                 self._open += 1
                 try:
                     conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-                    set_json_loads(json_loads, conn)
+                    # JSON columns decode as on the SQLAlchemy path, by orjson where it agrees (the stdlib's
+                    # decoder was a visible share of a poll: a run's row has five JSON columns).
+                    set_json_loads(json_text.loads, conn)
                     return _Link(conn, self.loop)
                 except BaseException:
                     self._open -= 1
